@@ -1,0 +1,41 @@
+# Two commands set up and run everything on a fresh machine: `make demo` and `make test`.
+# The venv lives in .venv; torch is pinned to the CPU build that this kind of machine has on disk first,
+# so that the package's own torch range is satisfied without pulling a multi-GB CUDA build.
+VENV    ?= .venv
+PYTHON  ?= python3
+TORCH   ?= torch==2.13.0
+BIN     := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup demo test lint format schema clean
+
+$(BIN)/knrecall: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/knrecall
+
+demo: setup  ## run the main job on the embedded world (profile: profiles/default)
+	$(BIN)/snakemake --profile profiles/default
+	@cat results/metrics/world.json
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
+
+format: setup
+	$(BIN)/snakefmt Snakefile rules
+
+schema: setup  ## regenerate schemas/params.schema.yaml from knrecall/config.py
+	$(BIN)/python -m knrecall schema --out schemas/params.schema.yaml
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,21 @@
+# knrecall: do language models recall the facts behind a two-hop question while they answer it?
+# Entry point. Science parameters: params.yaml (validated against schemas/params.schema.yaml).
+# Runtime knobs (cores, threads, batch size, device): profiles/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/world.smk"
+include: "rules/data.smk"
+include: "rules/answer.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,3 @@
+from knrecall.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The typed parameter model: the single source of truth for `params.yaml` and its JSON Schema.
+
+`params.yaml` holds science parameters only (everything that changes results). Runtime knobs (threads, batch
+sizes, device) live in the Snakemake profiles. The schema in `schemas/params.schema.yaml` is generated from
+`Params` by `python -m knrecall schema`; a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from knrecall.errors import KnrecallError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetParams(Strict):
+    source: Literal["world", "tfrkn", "mquake", "jsonl"] = Field(
+        "world", description="Where the two-hop items come from: the embedded world, or a file in one of the formats."
+    )
+    path: str | None = Field(None, description="Input file for tfrkn / mquake / jsonl sources (unused for world).")
+
+    @model_validator(mode="after")
+    def path_for_files(self) -> "DatasetParams":
+        if self.source != "world" and not self.path:
+            raise ValueError(f"dataset.path is required when dataset.source is '{self.source}'")
+        return self
+
+
+class WorldParams(Strict):
+    people: int = Field(240, ge=4, description="Number of people (subjects of born_in and works_for).")
+    cities: int = Field(48, ge=2, description="Number of cities.")
+    countries: int = Field(12, ge=2, description="Number of countries.")
+    companies: int = Field(36, ge=2, description="Number of companies.")
+    languages: int = Field(8, ge=2, description="Number of languages.")
+    currencies: int = Field(8, ge=2, description="Number of currencies.")
+    heldout_subject_fraction: float = Field(0.3, ge=0, le=1, description="Share of subjects whose two-hop questions are never trained.")
+    heldout_bridge_fraction: float = Field(0.15, ge=0, le=1, description="Share of bridge entities no trained two-hop question passes through.")
+    shortcut_fraction: float = Field(0.3, ge=0, le=1, description="Share of held-out items that get planted shortcut sentences (s -> o2).")
+
+
+class WorldModelParams(Strict):
+    hidden_size: int = Field(128, ge=8, description="Hidden size of the world's LLaMA model.")
+    intermediate_size: int = Field(512, ge=8, description="FFN width (the neurons knrecall attributes).")
+    num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
+    epochs: int = Field(25, ge=1, description="Passes over the training corpus.")
+    batch_size: int = Field(128, ge=1, description="Training batch size (examples).")
+    learning_rate: float = Field(0.002, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices.")
+    warmup_steps: int = Field(50, ge=1, description="Linear warm-up steps.")
+
+    @model_validator(mode="after")
+    def heads_divide(self) -> "WorldModelParams":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("world_model.hidden_size must be divisible by world_model.num_heads")
+        return self
+
+
+class ModelParams(Strict):
+    path: str = Field(description="Hub id, local directory, or 'world' for the model this workflow trains.")
+    revision: str | None = Field(None, description="Hub revision (commit, tag or branch); recorded in outputs.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (changes results, so it is science).")
+    trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (off unless you trust it).")
+
+
+class AnswerParams(Strict):
+    conditions: list[Literal["direct"]] = Field(["direct"], min_length=1, description="Prompt conditions to answer under.")
+    max_new_tokens: int = Field(8, ge=1, description="Greedy generation length limit.")
+
+
+class Params(Strict):
+    seed: int = Field(0, description="Seed of everything random (world, training).")
+    dataset: DatasetParams = DatasetParams()
+    world: WorldParams = WorldParams()
+    world_model: WorldModelParams = WorldModelParams()
+    models: dict[str, ModelParams] = Field(
+        default_factory=lambda: {"world": ModelParams(path="world")},
+        min_length=1,
+        description="Models to study, by name (names become file names).",
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=lambda: {"direct": "Q: {question} A:"},
+        description="Prompt template per condition; {question} marks the question.",
+    )
+    answer: AnswerParams = AnswerParams()
+
+    @model_validator(mode="after")
+    def consistent(self) -> "Params":
+        for name in self.models:
+            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"models: name '{name}' may only use letters, digits, '-', '_' and '.'")
+        for condition in self.answer.conditions:
+            if condition not in self.prompts:
+                raise ValueError(f"prompts: no template for condition '{condition}'")
+        for condition, template in self.prompts.items():
+            if "{question}" not in template:
+                raise ValueError(f"prompts.{condition}: the template must contain {{question}}")
+        return self
+
+
+def _location(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+
+
+def parse_params(data: Any, source: str = "params.yaml", model: type[BaseModel] = Params) -> BaseModel:
+    """Validate `data`; any problem becomes one line naming the key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = _location(error)
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key '{where}'"
+        else:
+            got = error.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            text = error["msg"].removeprefix("Value error, ")
+            message = f"key '{where}': {text}{shown}" if where else text
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise KnrecallError(f"{source}: {message}{more}") from None
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise KnrecallError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KnrecallError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(data, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Params.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = "knrecall science parameters (generated from knrecall.config.Params; do not edit)."
+    return schema
+
+
+def schema_yaml() -> str:
+    header = "# Generated by `python -m knrecall schema --out schemas/params.schema.yaml`; do not edit.\n"
+    return header + yaml.safe_dump(json_schema(), sort_keys=False, width=120)
+
+
+def validate_against_schema(data: Any, schema_path: str | Path, source: str = "params.yaml") -> None:
+    """Check `data` against the generated JSON Schema file (what the Snakefile does); one line per problem."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is None:
+        return
+    where = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(filter(None, [where, extra[0] if extra else ""]))
+        raise KnrecallError(f"{source}: unknown key '{key}'")
+    raise KnrecallError(f"{source}: key '{where}': {error.message}")

@@ -1,0 +1,1 @@
+"""Items: the two-hop question table every later phase reads (DESIGN.md §3)."""

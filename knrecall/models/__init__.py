@@ -1,0 +1,1 @@
+"""Loading models and tokenizers by hub id or local path."""

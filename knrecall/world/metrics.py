@@ -1,0 +1,43 @@
+"""`results/metrics/world.json`: how well the world model knows its world, split by ground truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+
+def accuracy(frame: pl.DataFrame) -> float | None:
+    return round(float(frame["correct"].mean()), 4) if frame.height else None
+
+
+def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict[str, Any]) -> dict[str, Any]:
+    """Accuracies under the `direct` condition. Single-hop accuracy counts each distinct prompt once (facts shared by
+    several items are not weighted up); two-hop accuracy counts each item once."""
+    direct = predictions.filter(pl.col("condition") == "direct")
+    onehop = direct.filter(pl.col("kind") != "two_hop").unique(["prompt", "gold"])
+    twohop = direct.filter(pl.col("kind") == "two_hop").join(
+        items.select("case_id", "split", "shortcut_planted", "composable"), on="case_id", how="left"
+    )
+    by_split = {split: accuracy(twohop.filter(pl.col("split") == split))
+                for split in ("train_subject", "heldout_subject", "heldout_bridge")}
+    return {
+        "onehop_accuracy": accuracy(onehop),
+        "twohop_accuracy": {
+            "all": accuracy(twohop),
+            "train_subjects": by_split["train_subject"],
+            "heldout_subjects": by_split["heldout_subject"],
+            "heldout_bridges": by_split["heldout_bridge"],
+        },
+        "shortcut_planted_accuracy": accuracy(twohop.filter(pl.col("shortcut_planted"))),
+        "composed_accuracy": accuracy(twohop.filter(pl.col("composable"))),
+        "n_items": items.height,
+        "n_items_by_split": {
+            split: int(twohop.filter(pl.col("split") == split).height)
+            for split in ("train_subject", "heldout_subject", "heldout_bridge")
+        },
+        "n_shortcut_planted": int(twohop.filter(pl.col("shortcut_planted")).height),
+        "n_onehop_prompts": onehop.height,
+        "model_parameters": training["model_parameters"],
+        "train_seconds": training["train_seconds"],
+    }

@@ -1,0 +1,158 @@
+"""Train the world's small LLaMA-architecture model on the CPU (DESIGN.md §5).
+
+Each corpus example is `[BOS] prompt answer . [EOS]`; the loss is on the answer, the full stop and EOS. The model
+is saved with `save_pretrained` beside its tokenizer, so it loads through the same `from_pretrained` path as any
+Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from knrecall.errors import KnrecallError
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    seed: int
+
+
+def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE on the prompt) of `[BOS] prompt answer . [EOS]`."""
+    prompt_ids = tokenizer(prompt).input_ids
+    answer_ids = tokenizer(f" {answer} .", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+
+
+def make_batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random, pad_id: int):
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start : start + batch_size]]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (x, y) in enumerate(chunk):  # right padding: fine for training a causal model
+            ids[row, : len(x)] = torch.tensor(x)
+            labels[row, : len(y)] = torch.tensor(y)
+            mask[row, : len(x)] = 1
+        yield ids, labels, mask
+
+
+def learning_rate_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_world_model(
+    corpus: list[dict[str, str]],
+    tokenizer: PreTrainedTokenizerFast,
+    shape: ModelShape,
+    recipe: TrainRecipe,
+    out_dir: Path,
+    log_path: Path,
+    threads: int,
+) -> dict[str, Any]:
+    """Train, save the model and tokenizer into `out_dir`, append the log to `log_path`; return a summary."""
+    if not corpus:
+        raise KnrecallError("world corpus is empty: nothing to train on")
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(threads)
+    rng = random.Random(recipe.seed)
+    examples = [encode_example(tokenizer, ex["prompt"], ex["answer"]) for ex in corpus]
+    max_len = max(len(ids) for ids, _ in examples)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads,
+        max_position_embeddings=max(64, 2 ** math.ceil(math.log2(max_len * 4))),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+        betas=(0.9, 0.98),
+    )
+    steps_per_epoch = math.ceil(len(examples) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    model.train()
+    start = time.perf_counter()
+    step, tokens, last_loss = 0, 0, float("nan")
+    with log_path.open("w") as log, tqdm(total=total, desc="train world model", unit="step", file=sys.stderr, mininterval=5) as bar:
+        for epoch in range(recipe.epochs):
+            epoch_loss, epoch_batches = 0.0, 0
+            for ids, labels, mask in make_batches(examples, recipe.batch_size, rng, tokenizer.pad_token_id):
+                lr = learning_rate_at(step, total, recipe.learning_rate, recipe.warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # No attention mask: with right padding and a causal model, pads never reach real tokens.
+                loss = model(input_ids=ids, labels=labels).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                step += 1
+                tokens += int(mask.sum())
+                epoch_loss += loss.item()
+                epoch_batches += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+            last_loss = epoch_loss / epoch_batches
+            elapsed = time.perf_counter() - start
+            record = {"epoch": epoch + 1, "step": step, "loss": round(last_loss, 5), "lr": lr,
+                      "tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "model_parameters": n_params,
+        "train_seconds": round(train_seconds, 2),
+        "steps": step,
+        "epochs": recipe.epochs,
+        "tokens": tokens,
+        "final_loss": round(last_loss, 5),
+        "n_examples": len(examples),
+    }

@@ -1,0 +1,32 @@
+# Greedy answers with correctness for every single-hop paraphrase and two-hop question, per model.
+
+
+rule answer:
+    input:
+        item_table=f"{RESULTS}/items.parquet",
+        model=model_inputs,
+    output:
+        f"{RESULTS}/predictions/{{model}}.parquet",
+    log:
+        f"{LOGS}/answer_{{model}}.log",
+    conda:
+        "../envs/knrecall.yaml"
+    threads: 2
+    resources:
+        batch_size=64,
+        device="cpu",
+    params:
+        spec=lambda wc: as_json(
+            {
+                "answer": PARAMS.answer.model_dump(mode="json"),
+                "prompts": PARAMS.prompts,
+                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+            }
+        ),
+        model_path=model_path,
+        impl=IMPLEMENTATION["answer"],
+    shell:
+        "python -m knrecall answer --items {input.item_table} --params {params.spec:q}"
+        " --model-path {params.model_path:q} --model-name {wildcards.model}"
+        " --batch-size {resources.batch_size} --device {resources.device} --threads {threads}"
+        " --out {output} > {log} 2>&1"

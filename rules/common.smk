@@ -1,0 +1,68 @@
+# Helpers and config validation shared by every rule file.
+import json
+import os
+import sys
+
+from knrecall.config import parse_params, validate_against_schema
+from knrecall.errors import KnrecallError
+from knrecall.versions import IMPLEMENTATION
+
+try:
+    validate_against_schema(config, workflow.source_path("../schemas/params.schema.yaml"))
+    PARAMS = parse_params(config, "params.yaml")
+except KnrecallError as exc:
+    sys.exit(f"knrecall: error: {exc}")
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+WORLD_DIR = f"{RESULTS}/world"
+WORLD_MODEL_DIR = f"{RESULTS}/models/world"
+WORLD_MODEL_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training.json",
+    "train_log.jsonl",
+]
+MODELS = list(PARAMS.models)
+WORLD_MODELS = [name for name, spec in PARAMS.models.items() if spec.path == "world"]
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+
+
+def as_json(obj):
+    """A science parameter block as compact JSON for a CLI `--params` argument."""
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def world_model_outputs():
+    return [f"{WORLD_MODEL_DIR}/{name}" for name in WORLD_MODEL_FILES]
+
+
+def model_inputs(wildcards):
+    """The trained world model's files when the model is the world model; nothing for hub ids and paths."""
+    return world_model_outputs() if PARAMS.models[wildcards.model].path == "world" else []
+
+
+def model_path(wildcards):
+    path = PARAMS.models[wildcards.model].path
+    return WORLD_MODEL_DIR if path == "world" else path
+
+
+def items_source():
+    if PARAMS.dataset.source == "world":
+        return rules.generate_world.output.world_items
+    return PARAMS.dataset.path
+
+
+def all_targets():
+    targets = [f"{RESULTS}/predictions/{name}.parquet" for name in MODELS]
+    if PARAMS.dataset.source == "world" and WORLD_MODELS:
+        targets.append(f"{RESULTS}/metrics/world.json")
+    return targets

@@ -1,0 +1,53 @@
+"""DVC regression: repro + push, a fresh clone + pull has nothing to rerun, and one edited parameter reruns exactly
+its dependents."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+from workflow_helpers import copy_workflow, edit_params, run, scheduled_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+GIT = ["git", "-c", "user.name=knrecall-test", "-c", "user.email=test@knrecall.invalid"]
+
+
+def dvc(cwd, *args):
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    project = copy_workflow(tmp_path / "proj")
+    (project / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    run(["git", "init", "-q"], project)
+    dvc(project, "init", "-q")
+    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "workflow"], project)
+
+    dvc(project, "repro")
+    metrics = json.loads((project / "results" / "metrics" / "world.json").read_text())
+    assert metrics["n_items"] > 0
+    dvc(project, "push")
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "results"], project)
+    assert "dvc.lock" in run(["git", "ls-files"], project).stdout
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "results").exists()
+    dvc(clone, "pull")
+    assert json.loads((clone / "results" / "metrics" / "world.json").read_text()) == metrics
+    assert scheduled_jobs(snakemake(clone, "-n").stdout) == {}
+    assert "up to date" in dvc(clone, "status").stdout
+
+    edit_params(clone, "answer", "max_new_tokens", 5)
+    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"}
+    assert "answer" in dvc(clone, "status").stdout
+
+    edit_params(clone, "answer", "max_new_tokens", 3)
+    edit_params(clone, "world_model", "learning_rate", 0.001)
+    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"train_world_model", "answer", "world_metrics"}

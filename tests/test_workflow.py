@@ -1,0 +1,111 @@
+"""The Snakemake workflow: lint, format, dry run, a tiny real run, and what reruns after a change."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT
+from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakemake, tool_env
+
+pytestmark = pytest.mark.slow
+
+ALL_RULES = {"generate_world", "train_world_model", "import_items", "answer", "world_metrics"}
+
+
+def test_lint_is_clean():
+    result = snakemake(ROOT, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=ROOT,
+                            capture_output=True, text=True, env=tool_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_params_plans_every_rule(tmp_path):
+    project = copy_workflow(tmp_path / "proj", params={})
+    result = snakemake(project, "-n")
+    assert scheduled_jobs(result.stdout) == {rule: 1 for rule in ALL_RULES}
+
+
+def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
+    project = copy_workflow(tmp_path / "proj")
+    edit_params(project, "world", "people", "lots")
+    result = snakemake(project, "-n", check=False)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert errors == ["knrecall: error: params.yaml: key 'world.people': 'lots' is not of type 'integer'"]
+    edit_params(project, "world", "people", 12)
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "colour: blue\n")
+    result = snakemake(project, "-n", check=False)
+    assert result.returncode != 0 and "unknown key 'colour'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    project = copy_workflow(tmp_path_factory.mktemp("tiny") / "proj")
+    snakemake(project)
+    return project
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+    results = tiny_run / "results"
+    metrics = json.loads((results / "metrics" / "world.json").read_text())
+    for key in ("onehop_accuracy", "shortcut_planted_accuracy", "composed_accuracy", "n_items", "model_parameters",
+                "train_seconds"):
+        assert key in metrics
+    assert set(metrics["twohop_accuracy"]) >= {"train_subjects", "heldout_subjects", "heldout_bridges"}
+    items = pl.read_parquet(results / "items.parquet")
+    assert metrics["n_items"] == items.height > 0
+    assert set(items["source"]) == {"world"} and set(items["split"]) == {"train_subject", "heldout_subject", "heldout_bridge"}
+    predictions = pq.read_table(results / "predictions" / "world.parquet")
+    assert predictions.schema.field("paraphrase").type == "int16"
+    assert predictions.schema.field("gold_first_token_prob").type == "float"
+    meta = json.loads(predictions.schema.metadata[b"knrecall"])
+    assert meta["model"]["path"] == "results/models/world" and meta["schema_version"] == 1
+    assert "torch" in meta["libraries"]
+    frame = pl.from_arrow(predictions)
+    assert frame.filter(pl.col("kind") == "two_hop").height == items.height
+    assert frame["gold_first_token_prob"].is_between(0, 1).all()
+    # the world model reloads through the plain Hugging Face path
+    model = AutoModelForCausalLM.from_pretrained(results / "models" / "world")
+    tokenizer = AutoTokenizer.from_pretrained(results / "models" / "world")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.intermediate_size == 32
+    assert len(tokenizer) == model.config.vocab_size
+    log_lines = (results / "models" / "world" / "train_log.jsonl").read_text().splitlines()
+    assert json.loads(log_lines[-1])["epoch"] == 1
+    assert "train world model" in (results / "logs" / "train_world_model.log").read_text()
+
+
+def test_second_run_reruns_nothing(tiny_run):
+    assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
+
+
+def test_runtime_knobs_rerun_nothing(tiny_run):
+    result = snakemake(tiny_run, "-n", "--cores", "1", "--set-threads", "train_world_model=1", "answer=1",
+                       "--set-resources", "answer:batch_size=3", "answer:device=cpu")
+    assert scheduled_jobs(result.stdout) == {}
+
+
+@pytest.mark.parametrize(
+    "block, key, value, expected",
+    [
+        ("answer", "max_new_tokens", 5, {"answer", "world_metrics"}),
+        ("world_model", "epochs", 2, {"train_world_model", "answer", "world_metrics"}),
+        ("world", "shortcut_fraction", 0.25, ALL_RULES),
+    ],
+)
+def test_science_params_rerun_exactly_their_dependents(tiny_run, block, key, value, expected):
+    original = (tiny_run / "params.yaml").read_text()
+    try:
+        edit_params(tiny_run, block, key, value)
+        assert set(scheduled_jobs(snakemake(tiny_run, "-n").stdout)) == expected
+    finally:
+        (tiny_run / "params.yaml").write_text(original)
+    assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
