@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from knrecall.data.items import Item
+from knrecall.errors import KnrecallError
 from knrecall.prompts import render_prompt
 from knrecall.targets import answer_token_ids
 
@@ -82,6 +83,16 @@ def stop_token_ids(tokenizer) -> list[int]:
     return ids
 
 
+def check_context(model, needed: int, batch: list[Query]) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and needed > limit:
+        longest = max(batch, key=lambda q: len(q.prompt))
+        raise KnrecallError(
+            f"prompt '{longest.prompt[:80]}' needs {needed} positions with max_new_tokens, "
+            f"more than the model's context of {limit}"
+        )
+
+
 @torch.no_grad()
 def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, batch_size: int, device: str) -> dict[Query, dict]:
     """Greedy generation for each distinct query; returns per query its generation, span and correctness."""
@@ -91,6 +102,7 @@ def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, 
     for start in tqdm(range(0, len(distinct), batch_size), desc="answer", unit="batch", file=sys.stderr, mininterval=5):
         batch = distinct[start : start + batch_size]
         enc = tokenizer([q.prompt for q in batch], return_tensors="pt", padding=True).to(device)
+        check_context(model, enc.input_ids.shape[1] + max_new_tokens, batch)
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

@@ -69,6 +69,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def read_json_list(path: Path) -> list:
+    if not path.exists():
+        raise KnrecallError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KnrecallError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, list):
+        raise KnrecallError(f"{path}: expected a JSON list of items")
+    return data
+
+
 def cmd_world_train(args: argparse.Namespace) -> None:
     from knrecall.config import WorldModelParams
     from knrecall.io import write_json
@@ -77,7 +89,7 @@ def cmd_world_train(args: argparse.Namespace) -> None:
 
     params = json_params(args.params, WorldModelParams, "world_model")
     corpus = read_jsonl(Path(args.corpus))
-    items = json.loads(Path(args.items).read_text())
+    items = read_json_list(Path(args.items))
     texts = [f"{ex['prompt']} {ex['answer']} ." for ex in corpus]
     for item in items:
         texts += [item["two_hop"], *item["fact1_query"], *item["fact2_query"]]
@@ -87,6 +99,8 @@ def cmd_world_train(args: argparse.Namespace) -> None:
                          params.warmup_steps, args.seed)
     out = Path(args.out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*"):  # left behind by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         summary = train_world_model(corpus, tokenizer, shape, recipe, staging, staging / "train_log.jsonl", args.threads)

@@ -34,7 +34,7 @@ class DatasetParams(Strict):
 
 
 class WorldParams(Strict):
-    people: int = Field(240, ge=4, description="Number of people (subjects of born_in and works_for).")
+    people: int = Field(400, ge=4, description="Number of people (subjects of born_in and works_for).")
     cities: int = Field(48, ge=2, description="Number of cities.")
     countries: int = Field(12, ge=2, description="Number of countries.")
     companies: int = Field(36, ge=2, description="Number of companies.")
@@ -50,7 +50,7 @@ class WorldModelParams(Strict):
     intermediate_size: int = Field(512, ge=8, description="FFN width (the neurons knrecall attributes).")
     num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
-    epochs: int = Field(25, ge=1, description="Passes over the training corpus.")
+    epochs: int = Field(20, ge=1, description="Passes over the training corpus.")
     batch_size: int = Field(128, ge=1, description="Training batch size (examples).")
     learning_rate: float = Field(0.002, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices.")
