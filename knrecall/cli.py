@@ -21,14 +21,18 @@ from knrecall.errors import KnrecallError
 
 
 
-def json_params(text: str, model, what: str):
-    from knrecall.config import parse_params
-
+def parse_json(text: str, what: str):
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise KnrecallError(f"--params for {what}: not valid JSON ({exc})") from None
-    return parse_params(data, f"--params ({what})", model)
+
+
+def json_params(text: str, model, what: str):
+    """`--params` JSON validated against one block of the typed parameter model."""
+    from knrecall.config import parse_params
+
+    return parse_params(parse_json(text, what), f"--params ({what})", model)
 
 
 def set_threads(threads: int | None) -> None:
@@ -141,16 +145,16 @@ def cmd_data_import(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------------ answer
 def cmd_answer(args: argparse.Namespace) -> None:
     from knrecall.answer import predictions_table
-    from knrecall.config import AnswerParams, ModelParams
+    from knrecall.config import AnswerParams, ModelParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
     from knrecall.models.load import ModelSpec, load_model
 
-    payload = json.loads(args.params) if args.params.strip().startswith("{") else None
+    payload = parse_json(args.params, "answer")
     if not isinstance(payload, dict) or not {"answer", "prompts", "model"} <= payload.keys():
         raise KnrecallError("--params for answer: expected a JSON object with 'answer', 'prompts' and 'model'")
-    answer = json_params(json.dumps(payload["answer"]), AnswerParams, "answer")
-    model_params = json_params(json.dumps(payload["model"]), ModelParams, "model")
+    answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
+    model_params = parse_params(payload["model"], "--params (model)", ModelParams)
     templates = payload["prompts"]
     set_threads(args.threads)
     items = read_items(args.items)
