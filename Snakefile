@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/world.smk"
 include: "rules/data.smk"
 include: "rules/answer.smk"
+include: "rules/attribution.smk"
 
 
 rule all:

@@ -169,6 +169,131 @@ def cmd_answer(args: argparse.Namespace) -> None:
     logging.info("answered %d prompts -> %s", table.num_rows, args.out)
 
 
+# --------------------------------------------------------------------------------------------------- attribute
+def model_spec_from(model_params, path: str | None = None):
+    from knrecall.models.load import ModelSpec
+
+    return ModelSpec(path or model_params.path, model_params.revision, model_params.dtype, model_params.trust_remote_code)
+
+
+def cmd_attribute(args: argparse.Namespace) -> None:
+    from knrecall.attribution.run import AttributionSettings, attribute_shard
+    from knrecall.config import AttributionParams, ModelParams, parse_params
+    from knrecall.data.items import read_items
+    from knrecall.io import provenance, write_parquet
+    from knrecall.models.load import load_model
+
+    payload = parse_json(args.params, "attribute")
+    if not isinstance(payload, dict) or not {"attribution", "prompts", "model"} <= payload.keys():
+        raise KnrecallError("--params for attribute: expected a JSON object with 'attribution', 'prompts' and 'model'")
+    params = parse_params(payload["attribution"], "--params (attribution)", AttributionParams)
+    model_params = parse_params(payload["model"], "--params (model)", ModelParams)
+    if not 0 <= args.shard < params.shards:
+        raise KnrecallError(f"--shard {args.shard} is outside 0..{params.shards - 1} (attribution.shards = {params.shards})")
+    set_threads(args.threads)
+    items = read_items(args.items)
+    spec = model_spec_from(model_params, args.model_path)
+    model, tokenizer = load_model(spec, args.device)
+    settings = AttributionSettings(params.steps, params.rule, params.target, params.store_threshold, params.full_maps)
+    neurons, layers = attribute_shard(items, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
+                                      args.max_rows)
+    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
+                                      "dtype": spec.dtype}, shard=args.shard, shards=params.shards, device=args.device)
+    write_parquet(layers, args.layers_out, meta)
+    write_parquet(neurons, args.out, meta)
+    logging.info("attributed %d prompts -> %s", layers.num_rows // max(1, len(set(layers["layer"].to_pylist()))), args.out)
+
+
+def cmd_select_kns(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.attribution.kns import Selection, select_kns
+    from knrecall.attribution.summary import attribution_summary
+    from knrecall.config import AttributionParams, KnsParams, parse_params
+    from knrecall.io import provenance, read_parquet, write_json, write_parquet
+
+    payload = parse_json(args.params, "select-kns")
+    if not isinstance(payload, dict) or not {"attribution", "kns"} <= payload.keys():
+        raise KnrecallError("--params for select-kns: expected a JSON object with 'attribution' and 'kns'")
+    store = parse_params(payload["attribution"], "--params (attribution)", AttributionParams).store_threshold
+    params = parse_params(payload["kns"], "--params (kns)", KnsParams)
+    if len(args.neurons) != len(args.layers):
+        raise KnrecallError("select-kns: give one --layers file per --neurons file")
+    neurons = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.neurons])
+    layers = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.layers])
+    prompts = layers.group_by("fact_id", "paraphrase").agg(pl.col("max_attribution").max())
+    selection = Selection(params.coarse_threshold, params.refine_fraction, params.refine_mode == "adaptive",
+                          tuple(params.adaptive_band))
+    kns, info = select_kns(neurons, prompts, selection, store)
+    summary = attribution_summary(layers, kns, info, args.model_name)
+    write_parquet(kns.to_arrow(), args.out, provenance(payload, thresholds=info,
+                                                        model={"name": args.model_name}))
+    write_json(summary, args.summary)
+    logging.info("KNs: %d facts, mean %.2f refined KNs per fact (p = %.2f) -> %s", info["n_facts"],
+                 info["mean_refined_kns_per_fact"], info["refine_fraction"], args.out)
+
+
+def cmd_merge_metrics(args: argparse.Namespace) -> None:
+    from knrecall.io import write_json
+
+    merged = {}
+    for path in args.inputs:
+        data = json.loads(Path(path).read_text())
+        merged[data["model"]] = data
+    write_json({"models": merged}, args.out)
+
+
+def cmd_attribute_prompt(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+
+    from knrecall.attribution.engine import attribute_prompt
+    from knrecall.attribution.reference import attribute_prompt_naive
+    from knrecall.io import provenance, write_parquet
+    from knrecall.models.adapters import adapter_for
+    from knrecall.models.load import ModelSpec, load_model
+    from knrecall.targets import teacher_forced_contexts
+
+    set_threads(args.threads)
+    spec = ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code)
+    model, tokenizer = load_model(spec, args.device)
+    prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, args.prompt, args.answer)
+    adapter = adapter_for(model)
+    options = dict(steps=args.steps, rule=args.rule, target=args.target)
+    if args.engine == "fast":
+        ig = attribute_prompt(model, adapter, prompt_ids, answer_ids, max_rows=args.max_rows, **options)
+    else:
+        ig = attribute_prompt_naive(model, adapter, prompt_ids, answer_ids, **options)
+    n_layers, width = ig.attributions.shape
+    table = pa.table(
+        {
+            "layer": pa.array([layer for layer in range(n_layers) for _ in range(width)], pa.int16()),
+            "neuron": pa.array(list(range(width)) * n_layers, pa.int32()),
+            "attribution": pa.array(ig.attributions.flatten().tolist(), pa.float32()),
+            "activation": pa.array(ig.activations.flatten().tolist(), pa.float32()),
+        }
+    )
+    completeness = [
+        {"layer": layer, "attribution_sum": float(ig.attribution_sums[layer]), "target_delta": float(ig.target_deltas[layer]),
+         "relative_error": float(ig.completeness_error[layer])}
+        for layer in range(n_layers)
+    ]
+    meta = provenance(options, model={"path": spec.path, "revision": spec.revision, "dtype": spec.dtype},
+                      prompt=args.prompt, answer=args.answer, engine=args.engine, answer_tokens=answer_ids,
+                      base_target=ig.base_target, completeness=completeness, device=args.device)
+    write_parquet(table, args.out, meta)
+    top = torch_topk(ig.attributions, 5)
+    print(f"{args.engine} IG of {args.answer!r} ({len(answer_ids)} token(s)); f = {ig.base_target:.4g}; "
+          f"max completeness error {float(ig.completeness_error.max()):.2e}")
+    for layer, neuron, value in top:
+        print(f"  layer {layer:3d} neuron {neuron:6d}  attribution {value:.4g}")
+
+
+def torch_topk(attributions, k: int) -> list[tuple[int, int, float]]:
+    values, flat = attributions.flatten().topk(min(k, attributions.numel()))
+    width = attributions.shape[1]
+    return [(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, flat)]
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def cmd_schema(args: argparse.Namespace) -> None:
     from knrecall.config import schema_yaml
@@ -238,6 +363,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (runtime knob)")
     p.add_argument("--out", required=True, help="predictions.parquet")
     p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("attribute", help="per-layer IG of every single-hop prompt of one shard's facts")
+    p.add_argument("--items", required=True, help="items.parquet")
+    p.add_argument("--params", required=True, help="JSON with 'attribution', 'prompts' and 'model'")
+    p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
+    p.add_argument("--model-name", default="", help="the model's name in params.yaml (recorded in metadata)")
+    p.add_argument("--shard", type=int, default=0, help="this shard's index, 0 .. attribution.shards-1")
+    p.add_argument("--max-rows", type=int, default=256, help="IG rows per batch (memory knob)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (runtime knob)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (runtime knob)")
+    p.add_argument("--out", required=True, help="neurons Parquet (thresholded coordinates)")
+    p.add_argument("--layers-out", required=True, help="per-prompt, per-layer summary Parquet (completeness)")
+    p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser("select-kns", help="coarse KNs per prompt and refined KNs per fact from attribution shards")
+    p.add_argument("--neurons", nargs="+", required=True, help="the shards' neurons files")
+    p.add_argument("--layers", nargs="+", required=True, help="the shards' layers files, same order")
+    p.add_argument("--params", required=True, help="JSON with the 'attribution' and 'kns' blocks of params.yaml")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--out", required=True, help="kns.parquet")
+    p.add_argument("--summary", required=True, help="per-model attribution summary (JSON)")
+    p.set_defaults(func=cmd_select_kns)
+
+    p = sub.add_parser("merge-metrics", help="merge per-model summaries into one metrics JSON keyed by model")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge_metrics)
+
+    p = sub.add_parser("attribute-prompt", help="the full IG map of one prompt and answer, for a single fact")
+    p.add_argument("--model", required=True, help="hub id or local directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--answer", required=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rule", default="gauss_legendre", choices=["gauss_legendre", "midpoint", "left", "right", "linspace"])
+    p.add_argument("--target", default="prob", choices=["prob", "logprob"])
+    p.add_argument("--engine", default="fast", choices=["fast", "naive"])
+    p.add_argument("--revision")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--max-rows", type=int, default=256, help="IG rows per batch (fast engine)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="Parquet with layer, neuron, attribution, activation")
+    p.set_defaults(func=cmd_attribute_prompt)
 
     p = sub.add_parser("schema", help="print or write the JSON Schema of params.yaml (YAML form)")
     p.add_argument("--out", help="file to write (default: stdout)")

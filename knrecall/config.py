@@ -75,6 +75,30 @@ class AnswerParams(Strict):
     max_new_tokens: int = Field(8, ge=1, description="Greedy generation length limit.")
 
 
+class AttributionParams(Strict):
+    steps: int = Field(20, ge=2, description="IG quadrature steps m (one step is not integrated gradients).")
+    rule: Literal["gauss_legendre", "midpoint", "left", "right", "linspace"] = Field(
+        "gauss_legendre", description="Quadrature rule over alpha in [0, 1]."
+    )
+    target: Literal["prob", "logprob"] = Field("prob", description="Attributed quantity: gold-token probability or log-probability.")
+    shards: int = Field(2, ge=1, description="Attribution shards (jobs); facts are assigned by a hash of their id.")
+    store_threshold: float = Field(0.1, ge=0, le=1, description="Store neurons with attribution >= this x the prompt's maximum.")
+    full_maps: bool = Field(False, description="Store every neuron of every prompt (large) instead of thresholded coordinates.")
+
+
+class KnsParams(Strict):
+    coarse_threshold: float = Field(0.2, gt=0, le=1, description="t: coarse KNs have attribution > t x the prompt's maximum.")
+    refine_fraction: float = Field(0.5, gt=0, le=1, description="p: refined KNs are coarse in at least this share of a fact's prompts.")
+    refine_mode: Literal["fixed", "adaptive"] = Field("fixed", description="adaptive moves p in 0.05 steps until the mean KN count per fact is in adaptive_band.")
+    adaptive_band: list[float] = Field([2.0, 5.0], min_length=2, max_length=2, description="[low, high] mean refined KNs per fact (adaptive mode).")
+
+    @model_validator(mode="after")
+    def band(self) -> "KnsParams":
+        if self.adaptive_band[0] > self.adaptive_band[1]:
+            raise ValueError("kns.adaptive_band must be [low, high] with low <= high")
+        return self
+
+
 class Params(Strict):
     seed: int = Field(0, description="Seed of everything random (world, training).")
     dataset: DatasetParams = DatasetParams()
@@ -90,6 +114,8 @@ class Params(Strict):
         description="Prompt template per condition; {question} marks the question.",
     )
     answer: AnswerParams = AnswerParams()
+    attribution: AttributionParams = AttributionParams()
+    kns: KnsParams = KnsParams()
 
     @model_validator(mode="after")
     def consistent(self) -> "Params":
@@ -99,6 +125,8 @@ class Params(Strict):
         for condition in self.answer.conditions:
             if condition not in self.prompts:
                 raise ValueError(f"prompts: no template for condition '{condition}'")
+        if self.kns.coarse_threshold < self.attribution.store_threshold and not self.attribution.full_maps:
+            raise ValueError("kns.coarse_threshold must be >= attribution.store_threshold (or set attribution.full_maps)")
         for condition, template in self.prompts.items():
             if "{question}" not in template:
                 raise ValueError(f"prompts.{condition}: the template must contain {{question}}")

@@ -7,4 +7,6 @@ IMPLEMENTATION = {
     "items": 1,
     "answer": 1,
     "metrics": 1,
+    "attribution": 1,
+    "kns": 1,
 }

@@ -32,6 +32,7 @@ WORLD_MODELS = [name for name, spec in PARAMS.models.items() if spec.path == "wo
 
 wildcard_constraints:
     model="|".join(MODELS),
+    shard=r"\d{4}",
 
 
 def as_json(obj):
@@ -61,8 +62,15 @@ def items_source():
     return PARAMS.dataset.path
 
 
+def shard_files(model, suffix):
+    """The explicit list of a model's attribution shards (stable names shard-0000 ...)."""
+    return [f"{RESULTS}/attribution/{model}/shard-{index:04d}.{suffix}" for index in range(PARAMS.attribution.shards)]
+
+
 def all_targets():
     targets = [f"{RESULTS}/predictions/{name}.parquet" for name in MODELS]
+    targets += [f"{RESULTS}/kns/{name}.parquet" for name in MODELS]
+    targets.append(f"{RESULTS}/metrics/attribution.json")
     if PARAMS.dataset.source == "world" and WORLD_MODELS:
         targets.append(f"{RESULTS}/metrics/world.json")
     return targets

@@ -25,7 +25,7 @@ def test_repository_params_are_valid_and_complete():
     validate_against_schema(raw, SCHEMA)
     # every parameter of the model is spelled out in params.yaml, so the README table and the file agree
     assert raw.keys() == Params.model_fields.keys()
-    for block in ("world", "world_model", "answer", "dataset"):
+    for block in ("world", "world_model", "answer", "dataset", "attribution", "kns"):
         assert raw[block].keys() == type(getattr(params, block)).model_fields.keys()
 
 

@@ -50,4 +50,5 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
 
     edit_params(clone, "answer", "max_new_tokens", 3)
     edit_params(clone, "world_model", "learning_rate", 0.001)
-    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"train_world_model", "answer", "world_metrics"}
+    downstream = {"answer", "world_metrics", "attribute", "select_kns", "attribution_metrics"}
+    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"train_world_model"} | downstream

@@ -14,7 +14,9 @@ from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakema
 
 pytestmark = pytest.mark.slow
 
-ALL_RULES = {"generate_world", "train_world_model", "import_items", "answer", "world_metrics"}
+ANSWER_RULES = {"answer", "world_metrics"}
+ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"}
+ALL_RULES = {"generate_world", "train_world_model", "import_items"} | ANSWER_RULES | ATTRIBUTION_RULES
 
 
 def test_lint_is_clean():
@@ -31,7 +33,7 @@ def test_snakefmt_is_clean():
 def test_dry_run_of_the_default_params_plans_every_rule(tmp_path):
     project = copy_workflow(tmp_path / "proj", params={})
     result = snakemake(project, "-n")
-    assert scheduled_jobs(result.stdout) == {rule: 1 for rule in ALL_RULES}
+    assert scheduled_jobs(result.stdout) == {rule: 2 if rule == "attribute" else 1 for rule in ALL_RULES}
 
 
 def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
@@ -83,21 +85,41 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert "train world model" in (results / "logs" / "train_world_model.log").read_text()
 
 
+def test_tiny_run_attributes_every_prompt(tiny_run):
+    results = tiny_run / "results"
+    items = pl.read_parquet(results / "items.parquet")
+    layers = pl.concat([pl.read_parquet(results / "attribution" / "world" / f"shard-000{i}.layers.parquet") for i in (0, 1)])
+    facts = {(tuple(q), a) for col, ans in (("fact1_query", "fact1_ans"), ("fact2_query", "fact2_ans"))
+             for q, a in zip(items[col].to_list(), items[ans].to_list())}
+    expected_prompts = sum(len(questions) for questions, _ in facts)
+    assert layers.select("prompt", "answer").unique().height == expected_prompts
+    assert set(layers["layer"].unique()) == {0}  # the tiny world model has one layer
+    kns = pl.read_parquet(results / "kns" / "world.parquet")
+    assert set(kns["level"]) <= {"coarse", "refined"} and kns.height > 0
+    meta = json.loads(pq.read_schema(results / "kns" / "world.parquet").metadata[b"knrecall"])
+    assert meta["thresholds"]["coarse_threshold"] == 0.2 and meta["thresholds"]["refine_fraction"] == 0.5
+    metrics = json.loads((results / "metrics" / "attribution.json").read_text())["models"]["world"]
+    assert metrics["prompts_attributed"] == expected_prompts
+    assert metrics["kns_per_fact"]["mean"] >= 0 and metrics["completeness_error_p95"] is not None
+
+
 def test_second_run_reruns_nothing(tiny_run):
     assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
 
 
 def test_runtime_knobs_rerun_nothing(tiny_run):
-    result = snakemake(tiny_run, "-n", "--cores", "1", "--set-threads", "train_world_model=1", "answer=1",
-                       "--set-resources", "answer:batch_size=3", "answer:device=cpu")
+    result = snakemake(tiny_run, "-n", "--cores", "1", "--set-threads", "train_world_model=1", "answer=1", "attribute=2",
+                       "--set-resources", "answer:batch_size=3", "answer:device=cpu", "attribute:max_rows=7")
     assert scheduled_jobs(result.stdout) == {}
 
 
 @pytest.mark.parametrize(
     "block, key, value, expected",
     [
-        ("answer", "max_new_tokens", 5, {"answer", "world_metrics"}),
-        ("world_model", "epochs", 2, {"train_world_model", "answer", "world_metrics"}),
+        ("answer", "max_new_tokens", 5, ANSWER_RULES),
+        ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"}),
+        ("attribution", "steps", 4, ATTRIBUTION_RULES),
+        ("world_model", "epochs", 2, {"train_world_model"} | ANSWER_RULES | ATTRIBUTION_RULES),
         ("world", "shortcut_fraction", 0.25, ALL_RULES),
     ],
 )

@@ -1,0 +1,1 @@
+"""Knowledge-neuron attribution: integrated gradients per layer (engine and naive reference) and KN selection."""

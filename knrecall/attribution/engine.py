@@ -1,0 +1,193 @@
+"""The attribution engine: per-layer integrated gradients of one prompt, computed the fast way (DESIGN.md §6).
+
+Per layer l (Dai et al. 2022), the FFN activations w̄ at the predicting position are scaled by α (every other layer
+and position untouched) and neuron i gets  attr_i = w̄_i · Σ_k ω_k ∂f(α_k w̄)/∂w_i  (quadrature nodes α_k, weights
+ω_k). Causality makes this cheap: scaling happens at the last position only, so nothing before it changes.
+
+- The prompt prefix (every token but the last) runs once, without grad, into a KV cache.
+- One single-token forward of the last token on a copy of that cache gives the baseline activations w̄ of every
+  layer and f(w̄).
+- Every (layer, α) pair is then one row of a batch: a single-token forward against the cached prefix in which a
+  hook replaces that row's own layer's activations by α·w̄. Rows are chunked to `max_rows`; one `autograd.grad`
+  over the per-layer leaves returns every layer's gradients. One extra row per layer with α = 0 gives f(0 at l)
+  for the completeness check Σ_i attr_i ≈ f(w̄) − f(0 at l).
+- A multi-token answer is teacher-forced: the cache is extended with each gold token instead of re-running the
+  prompt, and the map is the mean of the per-token maps.
+
+Weights never require grad; hooks are always removed (`hook_ffn_inputs`); the HF cache is copied before reuse.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from knrecall.attribution.quadrature import quadrature
+from knrecall.attribution.target import target_values
+from knrecall.errors import KnrecallError
+from knrecall.models.adapters import FFNAdapter, hook_ffn_inputs
+
+
+@dataclass
+class LayerwiseIG:
+    """Per-layer IG of one prompt and answer. Tensors are float32 on the CPU."""
+
+    attributions: torch.Tensor  # [layers, width], mean over answer tokens
+    activations: torch.Tensor  # [layers, width], w̄ at the position that predicts the first answer token
+    attribution_sums: torch.Tensor  # [layers], Σ_i attr_i
+    target_deltas: torch.Tensor  # [layers], mean over answer tokens of f(w̄) − f(0 at layer l)
+    base_target: float  # mean over answer tokens of f(w̄)
+    n_answer_tokens: int
+
+    @property
+    def completeness_error(self) -> torch.Tensor:
+        """Relative completeness error per layer: |Σ_i attr_i − Δf| / |Δf|."""
+        return (self.attribution_sums - self.target_deltas).abs() / self.target_deltas.abs().clamp_min(1e-12)
+
+
+def check_inputs(model, prompt_ids: list[int], answer_ids: list[int]) -> None:
+    if not prompt_ids:
+        raise KnrecallError("attribution: the prompt tokenizes to nothing")
+    if not answer_ids:
+        raise KnrecallError("attribution: the answer tokenizes to nothing")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and len(prompt_ids) + len(answer_ids) > limit:
+        raise KnrecallError(
+            f"attribution: prompt and answer need {len(prompt_ids) + len(answer_ids)} positions, "
+            f"more than the model's context of {limit}"
+        )
+
+
+class _Accumulator:
+    """Sums per-token maps and deltas, then averages them into a `LayerwiseIG`."""
+
+    def __init__(self, layers: int, width: int):
+        self.attr = torch.zeros(layers, width, dtype=torch.float64)
+        self.deltas = torch.zeros(layers, dtype=torch.float64)
+        self.base = 0.0
+        self.first_activations: torch.Tensor | None = None
+        self.tokens = 0
+
+    def add(self, attr: torch.Tensor, acts: torch.Tensor, f_base: float, f_zero: torch.Tensor) -> None:
+        self.attr += attr
+        self.deltas += f_base - f_zero
+        self.base += f_base
+        if self.first_activations is None:
+            self.first_activations = acts.float().cpu()
+        self.tokens += 1
+
+    def result(self) -> LayerwiseIG:
+        attr = self.attr / self.tokens
+        return LayerwiseIG(
+            attributions=attr.float(),
+            activations=self.first_activations,
+            attribution_sums=attr.sum(dim=1).float(),
+            target_deltas=(self.deltas / self.tokens).float(),
+            base_target=self.base / self.tokens,
+            n_answer_tokens=self.tokens,
+        )
+
+
+def _baseline(model, adapter, token: int, cache, gold: int, target: str, device):
+    """Single-token forward on `cache` (which it extends): activations of every layer and f(w̄)."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer: int, ffn_input: torch.Tensor):
+        captured[layer] = ffn_input[0, -1].detach().clone()
+        return None
+
+    with torch.no_grad(), hook_ffn_inputs(model, adapter, capture):
+        out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    f_base = float(target_values(out.logits[:, -1], gold, target)[0])
+    acts = torch.stack([captured[layer] for layer in range(len(captured))])
+    return acts, f_base, out.cache
+
+
+def _rows_pass(model, adapter, token, cache, acts, rows, alphas, weights, gold, target, device):
+    """One chunk of (layer, step) rows; step None means α = 0 (no gradient). Returns IG partial sums and f(0)."""
+    width = acts.shape[1]
+    plan: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    leaves: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, step indices, leaf)
+    zero_rows: dict[int, int] = {}
+    for layer in sorted({layer for layer, _ in rows}):
+        grad_rows = [i for i, (l, k) in enumerate(rows) if l == layer and k is not None]
+        if grad_rows:
+            steps = torch.tensor([rows[i][1] for i in grad_rows])
+            scale = alphas[steps].to(device=device, dtype=acts.dtype)
+            leaf = (scale[:, None] * acts[layer][None, :]).detach().requires_grad_(True)
+            leaves.append((layer, steps, leaf))
+            plan.setdefault(layer, []).append((torch.tensor(grad_rows, device=device), leaf))
+        for i, (l, k) in enumerate(rows):
+            if l == layer and k is None:
+                zero_rows[layer] = i
+                plan.setdefault(layer, []).append(
+                    (torch.tensor([i], device=device), torch.zeros(1, width, dtype=acts.dtype, device=device))
+                )
+
+    def replace(layer: int, ffn_input: torch.Tensor):
+        if layer not in plan:
+            return None
+        new = ffn_input.clone()  # never write into a tensor autograd saved
+        for index, values in plan[layer]:
+            new[index, -1, :] = values
+        return new
+
+    row_cache = None
+    if cache is not None:
+        row_cache = copy.deepcopy(cache)
+        row_cache.batch_repeat_interleave(len(rows))
+    ids = torch.full((len(rows), 1), token, dtype=torch.long, device=device)
+    with torch.enable_grad(), hook_ffn_inputs(model, adapter, replace):
+        out = model(input_ids=ids, cache=row_cache, use_cache=True, logits_to_keep=1)
+        f = target_values(out.logits[:, -1], gold, target)
+        grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+    partial = torch.zeros(acts.shape, dtype=torch.float64)
+    for (layer, steps, _), grad in zip(leaves, grads):
+        weighted = (weights[steps][:, None] * grad.detach().double().cpu()).sum(dim=0)
+        partial[layer] += weighted
+    f_zero = {layer: float(f[i].detach()) for layer, i in zero_rows.items()}
+    return partial, f_zero
+
+
+def attribute_prompt(
+    model,
+    adapter: FFNAdapter,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    *,
+    steps: int = 20,
+    rule: str = "gauss_legendre",
+    target: str = "prob",
+    max_rows: int = 256,
+) -> LayerwiseIG:
+    """Per-layer IG of `answer_ids` after `prompt_ids` (prompt ids include the tokenizer's BOS, if any)."""
+    check_inputs(model, prompt_ids, answer_ids)
+    model.requires_grad_(False)
+    device = next(model.parameters()).device
+    n_layers, width = len(adapter.layers(model)), adapter.width(model)
+    alphas, weights = quadrature(rule, steps)
+    rows = [(layer, k) for layer in range(n_layers) for k in range(steps)] + [(layer, None) for layer in range(n_layers)]
+    acc = _Accumulator(n_layers, width)
+
+    cache = None
+    if len(prompt_ids) > 1:
+        with torch.no_grad():
+            prefix = torch.tensor([prompt_ids[:-1]], device=device)
+            cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+    token = prompt_ids[-1]
+    for gold in answer_ids:
+        extended = copy.deepcopy(cache) if cache is not None else None
+        acts, f_base, extended = _baseline(model, adapter, token, extended, gold, target, device)
+        ig_sum = torch.zeros(n_layers, width, dtype=torch.float64)
+        f_zero = torch.zeros(n_layers, dtype=torch.float64)
+        for start in range(0, len(rows), max_rows):
+            chunk = rows[start : start + max_rows]
+            partial, zeros = _rows_pass(model, adapter, token, cache, acts, chunk, alphas, weights, gold, target, device)
+            ig_sum += partial
+            for layer, value in zeros.items():
+                f_zero[layer] = value
+        acc.add(acts.double().cpu() * ig_sum, acts, f_base, f_zero)
+        cache, token = extended, gold  # teacher forcing: extend the cache with the gold token
+    return acc.result()

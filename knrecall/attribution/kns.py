@@ -1,0 +1,108 @@
+"""Knowledge-neuron selection (DESIGN.md §4).
+
+Coarse KNs of one prompt: neurons whose attribution exceeds t × the prompt's maximum attribution (positive only).
+Refined KNs of one fact: coarse KNs shared by at least a fraction p of the fact's paraphrase prompts. In adaptive
+mode p moves in steps of 0.05 until the mean refined-KN count per fact lies in [low, high] (as Dai et al.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from knrecall.errors import KnrecallError
+
+
+@dataclass(frozen=True)
+class Selection:
+    coarse_threshold: float  # t
+    refine_fraction: float  # p (the starting point in adaptive mode)
+    adaptive: bool
+    band: tuple[float, float]  # target mean KN count per fact, adaptive mode
+
+
+def coarse_kns(neurons: pl.DataFrame, prompt_max: pl.DataFrame, t: float) -> pl.DataFrame:
+    """`neurons`: fact_id, paraphrase, layer, neuron, attribution; `prompt_max`: fact_id, paraphrase, max_attribution."""
+    return (
+        neurons.join(prompt_max, on=["fact_id", "paraphrase"])
+        .filter((pl.col("attribution") > 0) & (pl.col("max_attribution") > 0))
+        .filter(pl.col("attribution") > t * pl.col("max_attribution"))
+        .drop("max_attribution")
+    )
+
+
+def refine(coarse: pl.DataFrame, prompts_per_fact: pl.DataFrame, p: float) -> pl.DataFrame:
+    """Neurons coarse in at least a fraction p of the fact's prompts; `prompts_per_fact`: fact_id, n_prompts."""
+    return (
+        coarse.group_by("fact_id", "layer", "neuron")
+        .agg(pl.len().alias("n_shared"), pl.col("attribution").mean().alias("attribution"))
+        .join(prompts_per_fact, on="fact_id")
+        .with_columns((pl.col("n_shared") / pl.col("n_prompts")).cast(pl.Float32).alias("share"))
+        .filter(pl.col("share") >= p - 1e-9)
+        .drop("n_shared", "n_prompts")
+    )
+
+
+def mean_count(refined: pl.DataFrame, n_facts: int) -> float:
+    return refined.height / n_facts if n_facts else 0.0
+
+
+def choose_p(coarse: pl.DataFrame, prompts_per_fact: pl.DataFrame, selection: Selection) -> tuple[float, bool]:
+    """The fraction p to use, and whether the adaptive search reached the band."""
+    p = selection.refine_fraction
+    if not selection.adaptive:
+        return p, True
+    low, high = selection.band
+    n_facts = prompts_per_fact.height
+    tried: list[tuple[float, float]] = []
+    for _ in range(40):
+        count = mean_count(refine(coarse, prompts_per_fact, p), n_facts)
+        tried.append((p, count))
+        if low <= count <= high:
+            return p, True
+        step = 0.05 if count > high else -0.05
+        nxt = round(min(1.0, max(0.05, p + step)), 2)
+        if nxt == p or any(abs(nxt - q) < 1e-9 for q, _ in tried):
+            break
+        p = nxt
+    best = min(tried, key=lambda pc: min(abs(pc[1] - low), abs(pc[1] - high)))
+    return best[0], False
+
+
+def select_kns(neurons: pl.DataFrame, prompts: pl.DataFrame, selection: Selection, store_threshold: float):
+    """(kns table, info). `prompts`: one row per attributed prompt (fact_id, paraphrase, max_attribution)."""
+    if selection.coarse_threshold < store_threshold:
+        raise KnrecallError(
+            f"coarse threshold t={selection.coarse_threshold} is below the storage threshold {store_threshold} "
+            "of the attribution shards: attribute again with full maps or a lower storage threshold"
+        )
+    coarse = coarse_kns(neurons, prompts.select("fact_id", "paraphrase", "max_attribution"), selection.coarse_threshold)
+    prompts_per_fact = prompts.group_by("fact_id").agg(pl.len().alias("n_prompts"))
+    p, reached = choose_p(coarse, prompts_per_fact, selection)
+    refined = refine(coarse, prompts_per_fact, p)
+    table = pl.concat(
+        [
+            coarse.select(
+                "fact_id", pl.lit("coarse").alias("level"), pl.col("paraphrase").cast(pl.Int16),
+                pl.col("layer").cast(pl.Int16), pl.col("neuron").cast(pl.Int32),
+                pl.col("attribution").cast(pl.Float32), pl.lit(None, dtype=pl.Float32).alias("share"),
+            ),
+            refined.select(
+                "fact_id", pl.lit("refined").alias("level"), pl.lit(None, dtype=pl.Int16).alias("paraphrase"),
+                pl.col("layer").cast(pl.Int16), pl.col("neuron").cast(pl.Int32),
+                pl.col("attribution").cast(pl.Float32), pl.col("share"),
+            ),
+        ]
+    ).sort("fact_id", "level", "paraphrase", "layer", "neuron", nulls_last=True)
+    info = {
+        "coarse_threshold": selection.coarse_threshold,
+        "refine_fraction": p,
+        "refine_mode": "adaptive" if selection.adaptive else "fixed",
+        "adaptive_band": list(selection.band) if selection.adaptive else None,
+        "adaptive_band_reached": reached if selection.adaptive else None,
+        "store_threshold": store_threshold,
+        "n_facts": prompts_per_fact.height,
+        "mean_refined_kns_per_fact": mean_count(refined, prompts_per_fact.height),
+    }
+    return table, info
