@@ -25,12 +25,13 @@ def family_model(request):
     return request.param, tiny_model(request.param)
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("answer", [SINGLE, MULTI], ids=["single-token", "multi-token"])
-def test_engine_equals_naive_for_every_family(family_model, answer):
+def test_engine_equals_naive_for_every_family(family_model, answer, rule):
     family, model = family_model
     adapter = adapter_for(model)
-    fast = attribute_prompt(model, adapter, PROMPT, answer, steps=6, max_rows=5)
-    naive = attribute_prompt_naive(model, adapter, PROMPT, answer, steps=6)
+    fast = attribute_prompt(model, adapter, PROMPT, answer, steps=6, rule=rule, max_rows=5)
+    naive = attribute_prompt_naive(model, adapter, PROMPT, answer, steps=6, rule=rule)
     assert relative_difference(fast.attributions, naive.attributions) < 1e-5, family
     assert relative_difference(fast.activations, naive.activations) < 1e-5
     assert torch.allclose(fast.target_deltas, naive.target_deltas, rtol=1e-5, atol=1e-7)
@@ -43,7 +44,7 @@ def test_engine_equals_naive_for_every_family(family_model, answer):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("target", ["prob", "logprob"])
-def test_engine_equals_naive_for_every_rule_and_target(rule, target):
+def test_engine_equals_naive_for_both_targets(rule, target):
     model = tiny_model("llama", seed=1)
     adapter = adapter_for(model)
     fast = attribute_prompt(model, adapter, PROMPT, MULTI, steps=5, rule=rule, target=target, max_rows=7)

@@ -7,9 +7,11 @@ and position untouched) and neuron i gets  attr_i = w̄_i · Σ_k ω_k ∂f(α_k
 - The prompt prefix (every token but the last) runs once, without grad, into a KV cache.
 - One single-token forward of the last token on a copy of that cache gives the baseline activations w̄ of every
   layer and f(w̄).
-- Every (layer, α) pair is then one row of a batch: a single-token forward against the cached prefix in which a
-  hook replaces that row's own layer's activations by α·w̄. Rows are chunked to `max_rows`; one `autograd.grad`
-  over the per-layer leaves returns every layer's gradients. One extra row per layer with α = 0 gives f(0 at l)
+- Every (layer, α) pair is then one row: a copy of the last token against the cached prefix in which a hook
+  replaces that row's own layer's activations by α·w̄. The rows are packed along the sequence of one forward
+  (same position id, a 4D mask letting each row see only the prefix and itself), so the prefix's keys and values
+  are shared, not copied per row. Rows are chunked to `max_rows`; one `autograd.grad` over the per-layer leaves
+  returns every layer's gradients. One extra row per layer with α = 0 gives f(0 at l)
   for the completeness check Σ_i attr_i ≈ f(w̄) − f(0 at l).
 - A multi-token answer is teacher-forced: the cache is extended with each gold token instead of re-running the
   prompt, and the map is the mean of the per-token maps.
@@ -105,8 +107,22 @@ def _baseline(model, adapter, token: int, cache, gold: int, target: str, device)
     return acts, f_base, out.cache
 
 
-def _rows_pass(model, adapter, token, cache, acts, rows, alphas, weights, gold, target, device):
-    """One chunk of (layer, step) rows; step None means α = 0 (no gradient). Returns IG partial sums and f(0)."""
+def _row_mask(prefix_len: int, rows: int, dtype, device) -> torch.Tensor:
+    """4D additive mask for `rows` packed query tokens: each sees the whole prefix and itself, no other row."""
+    blocked = torch.finfo(dtype).min
+    mask = torch.full((rows, prefix_len + rows), blocked, dtype=dtype, device=device)
+    mask[:, :prefix_len] = 0
+    mask[:, prefix_len:].fill_diagonal_(0)
+    return mask[None, None]
+
+
+def _rows_pass(model, adapter, token, cache, prefix_len, acts, rows, alphas, weights, gold, target, device):
+    """One chunk of (layer, step) rows; step None means α = 0 (no gradient). Returns IG partial sums and f(0).
+
+    The rows are packed along the sequence dimension of ONE sequence that continues the cached prefix: every row
+    is the last prompt token again, at the same position id, and a 4D mask lets each row attend to the prefix and
+    to itself only. The prefix's keys and values are therefore shared by all rows instead of copied per row.
+    """
     width = acts.shape[1]
     plan: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     leaves: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, step indices, leaf)
@@ -131,17 +147,18 @@ def _rows_pass(model, adapter, token, cache, acts, rows, alphas, weights, gold, 
             return None
         new = ffn_input.clone()  # never write into a tensor autograd saved
         for index, values in plan[layer]:
-            new[index, -1, :] = values
+            new[0, index, :] = values
         return new
 
-    row_cache = None
-    if cache is not None:
-        row_cache = copy.deepcopy(cache)
-        row_cache.batch_repeat_interleave(len(rows))
-    ids = torch.full((len(rows), 1), token, dtype=torch.long, device=device)
+    n = len(rows)
+    row_cache = copy.deepcopy(cache) if cache is not None else None  # the forward appends the rows to it
+    ids = torch.full((1, n), token, dtype=torch.long, device=device)
+    positions = torch.full((1, n), prefix_len, dtype=torch.long, device=device)
+    mask = _row_mask(prefix_len, n, next(model.parameters()).dtype, device)
     with torch.enable_grad(), hook_ffn_inputs(model, adapter, replace):
-        out = model(input_ids=ids, cache=row_cache, use_cache=True, logits_to_keep=1)
-        f = target_values(out.logits[:, -1], gold, target)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=row_cache, use_cache=True,
+                    logits_to_keep=0)
+        f = target_values(out.logits[0], gold, target)
         grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
     partial = torch.zeros(acts.shape, dtype=torch.float64)
     for (layer, steps, _), grad in zip(leaves, grads):
@@ -177,6 +194,7 @@ def attribute_prompt(
             prefix = torch.tensor([prompt_ids[:-1]], device=device)
             cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
     token = prompt_ids[-1]
+    prefix_len = len(prompt_ids) - 1
     for gold in answer_ids:
         extended = copy.deepcopy(cache) if cache is not None else None
         acts, f_base, extended = _baseline(model, adapter, token, extended, gold, target, device)
@@ -184,10 +202,12 @@ def attribute_prompt(
         f_zero = torch.zeros(n_layers, dtype=torch.float64)
         for start in range(0, len(rows), max_rows):
             chunk = rows[start : start + max_rows]
-            partial, zeros = _rows_pass(model, adapter, token, cache, acts, chunk, alphas, weights, gold, target, device)
+            partial, zeros = _rows_pass(model, adapter, token, cache, prefix_len, acts, chunk, alphas, weights, gold,
+                                        target, device)
             ig_sum += partial
             for layer, value in zeros.items():
                 f_zero[layer] = value
         acc.add(acts.double().cpu() * ig_sum, acts, f_base, f_zero)
         cache, token = extended, gold  # teacher forcing: extend the cache with the gold token
+        prefix_len += 1
     return acc.result()
