@@ -28,6 +28,25 @@ def parse_json(text: str, what: str):
         raise KnrecallError(f"--params for {what}: not valid JSON ({exc})") from None
 
 
+def rule_payload(text: str, what: str, keys: tuple[str, ...]) -> dict:
+    """The `--params` JSON object of a rule, with its required blocks."""
+    payload = parse_json(text, what)
+    if not isinstance(payload, dict) or not set(keys) <= payload.keys():
+        wanted = ", ".join(f"'{key}'" for key in keys)
+        raise KnrecallError(f"--params for {what}: expected a JSON object with {wanted}")
+    return payload
+
+
+def load_rule_model(payload: dict, args: argparse.Namespace):
+    """The model of a rule's `--params` ('model' block; `--model-path` overrides the path): (spec, model, tokenizer)."""
+    from knrecall.config import ModelParams, parse_params
+    from knrecall.models.load import ModelSpec, load_model
+
+    params = parse_params(payload["model"], "--params (model)", ModelParams)
+    spec = ModelSpec(args.model_path or params.path, params.revision, params.dtype, params.trust_remote_code)
+    return (spec, *load_model(spec, args.device))
+
+
 def json_params(text: str, model, what: str):
     """`--params` JSON validated against one block of the typed parameter model."""
     from knrecall.config import parse_params
@@ -145,55 +164,37 @@ def cmd_data_import(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------------ answer
 def cmd_answer(args: argparse.Namespace) -> None:
     from knrecall.answer import predictions_table
-    from knrecall.config import AnswerParams, ModelParams, parse_params
+    from knrecall.config import AnswerParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
-    from knrecall.models.load import ModelSpec, load_model
 
-    payload = parse_json(args.params, "answer")
-    if not isinstance(payload, dict) or not {"answer", "prompts", "model"} <= payload.keys():
-        raise KnrecallError("--params for answer: expected a JSON object with 'answer', 'prompts' and 'model'")
+    payload = rule_payload(args.params, "answer", ("answer", "prompts", "model"))
     answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
-    model_params = parse_params(payload["model"], "--params (model)", ModelParams)
-    templates = payload["prompts"]
     set_threads(args.threads)
     items = read_items(args.items)
-    path = args.model_path or model_params.path
-    spec = ModelSpec(path, model_params.revision, model_params.dtype, model_params.trust_remote_code)
-    model, tokenizer = load_model(spec, args.device)
-    table = predictions_table(items, templates, list(answer.conditions), model, tokenizer,
+    spec, model, tokenizer = load_rule_model(payload, args)
+    table = predictions_table(items, payload["prompts"], list(answer.conditions), model, tokenizer,
                               answer.max_new_tokens, args.batch_size, args.device)
-    meta = provenance(payload, model={"path": path, "revision": model_params.revision, "dtype": model_params.dtype,
-                                      "name": args.model_name}, device=args.device)
+    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
+                                      "dtype": spec.dtype}, device=args.device)
     write_parquet(table, args.out, meta)
     logging.info("answered %d prompts -> %s", table.num_rows, args.out)
 
 
 # --------------------------------------------------------------------------------------------------- attribute
-def model_spec_from(model_params, path: str | None = None):
-    from knrecall.models.load import ModelSpec
-
-    return ModelSpec(path or model_params.path, model_params.revision, model_params.dtype, model_params.trust_remote_code)
-
-
 def cmd_attribute(args: argparse.Namespace) -> None:
     from knrecall.attribution.run import AttributionSettings, attribute_shard
-    from knrecall.config import AttributionParams, ModelParams, parse_params
+    from knrecall.config import AttributionParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
-    from knrecall.models.load import load_model
 
-    payload = parse_json(args.params, "attribute")
-    if not isinstance(payload, dict) or not {"attribution", "prompts", "model"} <= payload.keys():
-        raise KnrecallError("--params for attribute: expected a JSON object with 'attribution', 'prompts' and 'model'")
+    payload = rule_payload(args.params, "attribute", ("attribution", "prompts", "model"))
     params = parse_params(payload["attribution"], "--params (attribution)", AttributionParams)
-    model_params = parse_params(payload["model"], "--params (model)", ModelParams)
     if not 0 <= args.shard < params.shards:
         raise KnrecallError(f"--shard {args.shard} is outside 0..{params.shards - 1} (attribution.shards = {params.shards})")
     set_threads(args.threads)
     items = read_items(args.items)
-    spec = model_spec_from(model_params, args.model_path)
-    model, tokenizer = load_model(spec, args.device)
+    spec, model, tokenizer = load_rule_model(payload, args)
     settings = AttributionSettings(params.steps, params.rule, params.target, params.store_threshold, params.full_maps)
     neurons, layers = attribute_shard(items, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
                                       args.max_rows)
@@ -212,9 +213,7 @@ def cmd_select_kns(args: argparse.Namespace) -> None:
     from knrecall.config import AttributionParams, KnsParams, parse_params
     from knrecall.io import provenance, read_parquet, write_json, write_parquet
 
-    payload = parse_json(args.params, "select-kns")
-    if not isinstance(payload, dict) or not {"attribution", "kns"} <= payload.keys():
-        raise KnrecallError("--params for select-kns: expected a JSON object with 'attribution' and 'kns'")
+    payload = rule_payload(args.params, "select-kns", ("attribution", "kns"))
     store = parse_params(payload["attribution"], "--params (attribution)", AttributionParams).store_threshold
     params = parse_params(payload["kns"], "--params (kns)", KnsParams)
     if len(args.neurons) != len(args.layers):
