@@ -1,9 +1,17 @@
-"""Greedy answers with correctness: every single-hop paraphrase and every two-hop question, per condition.
+"""Greedy answers with correctness: every single-hop paraphrase, and every two-hop question under each condition.
 
-Correctness (DESIGN.md §4): the gold answer or an alias appears, case-insensitively and as whole words, in the
-extracted answer span (the generation up to its first full stop or line break). For every prompt we also record
-whether the first generated token is the gold answer's first token, and the probability of that token (fp32
-softmax at the predicting position).
+Prompts come from `knrecall.data.conditions` (direct, zero- and few-shot chain of thought, conflicting context).
+Single-hop paraphrases are always asked under `direct`.
+
+Answer span (what correctness is judged on):
+- `direct` and the conflict conditions: the generation up to its first full stop or line break;
+- chain of thought: the text after the last "So the answer is" up to the next full stop or line break; without
+  that marker, the last sentence of the generation.
+Correct (DESIGN.md §4): the gold answer or an alias appears in the span, case-insensitively and as whole words.
+For every prompt we also record whether the first generated token is the gold answer's first token and that
+token's probability (fp32 softmax at the predicting position). For chain of thought, `chain_names_bridge` says
+whether the chain before the final answer names the bridge entity (o1 or an alias); for conflict, `follows` says
+whether the answer follows the context (`context`), the model's memory (`memory`) or `neither`.
 """
 
 from __future__ import annotations
@@ -16,10 +24,22 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from knrecall.data.conditions import (
+    candidates_by_relation,
+    choose_exemplars,
+    conflict_context,
+    conflict_entity,
+    candidate_pool,
+    render,
+    single_hop_prompt,
+)
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
-from knrecall.prompts import render_prompt
 from knrecall.targets import answer_token_ids
+
+COT_CONDITIONS = ("zero_shot_cot", "few_shot_cot")
+CONFLICT_HOPS = {"conflict_hop1": 1, "conflict_hop2": 2}
+ANSWER_MARKER = re.compile(r"so the answer is", re.IGNORECASE)
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -30,10 +50,14 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("gold", pa.string(), nullable=False),
         pa.field("generation", pa.string(), nullable=False),
+        pa.field("generated_ids", pa.list_(pa.int32()), nullable=False),
         pa.field("answer_span", pa.string(), nullable=False),
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("first_token_correct", pa.bool_(), nullable=False),
         pa.field("gold_first_token_prob", pa.float32(), nullable=False),
+        pa.field("chain_names_bridge", pa.bool_()),  # chain of thought only
+        pa.field("context_answer", pa.string()),  # conflict only: the answer the context implies
+        pa.field("follows", pa.string()),  # conflict only: context | memory | neither
     ]
 )
 
@@ -43,6 +67,16 @@ class Query:
     prompt: str
     gold: str
     aliases: tuple[str, ...]
+    cot: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedPrompt:
+    item: Item
+    kind: str
+    paraphrase: int
+    query: Query
+    context_answer: str | None = None
 
 
 def normalize(text: str) -> str:
@@ -50,7 +84,13 @@ def normalize(text: str) -> str:
     return " ".join(re.findall(r"\w+|[^\w\s]", text))
 
 
-def extract_span(generation: str) -> str:
+def extract_span(generation: str, cot: bool = False) -> str:
+    if cot:
+        markers = list(ANSWER_MARKER.finditer(generation))
+        if markers:
+            return extract_span(generation[markers[-1].end() :])
+        sentences = [s.strip() for s in re.split(r"[.\n]", generation) if s.strip()]
+        return sentences[-1] if sentences else ""
     return re.split(r"[.\n]", generation, maxsplit=1)[0].strip()
 
 
@@ -59,24 +99,59 @@ def is_correct(span: str, gold: str, aliases: tuple[str, ...]) -> bool:
     return any(f" {normalize(name)} " in haystack for name in (gold, *aliases) if name.strip())
 
 
-def queries_for(items: list[Item], templates: dict[str, str], condition: str) -> list[tuple[Item, str, int, Query]]:
-    """(item, kind, paraphrase index, query) for every prompt of every item under `condition`."""
-    rows = []
+def chain_names_bridge(generation: str, bridge: str, aliases: list[str]) -> bool:
+    markers = list(ANSWER_MARKER.finditer(generation))
+    chain = generation[: markers[-1].start()] if markers else generation
+    return is_correct(chain, bridge, tuple(aliases))
+
+
+def follows(span: str, context_answer: str | None, memory: str, aliases: tuple[str, ...]) -> str:
+    if context_answer is not None and is_correct(span, context_answer, ()):
+        return "context"
+    if is_correct(span, memory, aliases):
+        return "memory"
+    return "neither"
+
+
+def hop2_of_bridge(items: list[Item]) -> dict[tuple[str, str | None], str]:
+    """(bridge entity, relation 2) -> o2, from every item: what a fake bridge implies for the answer."""
+    return {(item.fact1_ans, item.relation2): item.fact2_ans for item in items}
+
+
+def plan_prompts(items: list[Item], templates: dict[str, str], condition: str, seed: int, few_shot_k: int,
+                 single_hop: bool = True) -> list[PlannedPrompt]:
+    """The two-hop question of every item under `condition`, and (if `single_hop`) its single-hop paraphrases."""
+    plan: list[PlannedPrompt] = []
+    candidates = candidates_by_relation(items) if condition in CONFLICT_HOPS else {}
+    implied = hop2_of_bridge(items) if condition == "conflict_hop1" else {}
     for item in items:
-        for kind, questions, gold, aliases in (
+        for kind, questions, gold, aliases in () if not single_hop else (
             ("hop1", item.fact1_query, item.fact1_ans, item.fact1_aliases),
             ("hop2", item.fact2_query, item.fact2_ans, item.answer_aliases),
-            ("two_hop", [item.two_hop], item.fact2_ans, item.answer_aliases),
         ):
             for index, question in enumerate(questions):
-                prompt = render_prompt(templates, condition if kind == "two_hop" else "direct", question)
-                rows.append((item, kind, index, Query(prompt, gold, tuple(aliases))))
-    return rows
+                prompt = single_hop_prompt(question, templates)
+                plan.append(PlannedPrompt(item, kind, index, Query(prompt, gold, tuple(aliases))))
+        context_answer = None
+        if condition == "few_shot_cot":
+            exemplars = choose_exemplars(item, items, few_shot_k, seed)
+            prompt = render(condition, item, templates, exemplars=exemplars)
+        elif condition in CONFLICT_HOPS:
+            hop = CONFLICT_HOPS[condition]
+            fake = conflict_entity(item, hop, candidate_pool(item, hop, candidates), seed)
+            prompt = render(condition, item, templates, context=conflict_context(item, hop, fake))
+            context_answer = fake if hop == 2 else implied.get((fake, item.relation2))
+        else:
+            prompt = render(condition, item, templates)
+        query = Query(prompt, item.fact2_ans, tuple(item.answer_aliases), cot=condition in COT_CONDITIONS)
+        plan.append(PlannedPrompt(item, "two_hop", 0, query, context_answer))
+    return plan
 
 
-def stop_token_ids(tokenizer) -> list[int]:
+def stop_token_ids(tokenizer, cot: bool) -> list[int]:
+    """EOS, a line break, and (not for chains of thought, whose steps end in full stops) a full stop."""
     ids = [tokenizer.eos_token_id]
-    for stop in (".", "\n"):
+    for stop in ("\n",) if cot else (".", "\n"):
         encoded = tokenizer(stop, add_special_tokens=False).input_ids
         if len(encoded) == 1:
             ids.append(encoded[0])
@@ -93,14 +168,30 @@ def check_context(model, needed: int, batch: list[Query]) -> None:
         )
 
 
+def trim_generated(ids: list[int], stops: list[int], pad: int | None) -> list[int]:
+    """The generated ids up to and including the first stop token (generate pads finished rows)."""
+    out = []
+    for token in ids:
+        out.append(token)
+        if token in stops:
+            break
+    while out and pad is not None and out[-1] == pad and pad not in stops:
+        out.pop()
+    return out
+
+
 @torch.no_grad()
 def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, batch_size: int, device: str) -> dict[Query, dict]:
     """Greedy generation for each distinct query; returns per query its generation, span and correctness."""
-    distinct = sorted(set(queries), key=lambda q: (len(q.prompt), q.prompt, q.gold))
-    stops = stop_token_ids(tokenizer)
+    distinct = sorted(set(queries), key=lambda q: (q.cot, len(q.prompt), q.prompt, q.gold))
     results: dict[Query, dict] = {}
-    for start in tqdm(range(0, len(distinct), batch_size), desc="answer", unit="batch", file=sys.stderr, mininterval=5):
-        batch = distinct[start : start + batch_size]
+    batches = [
+        [q for q in distinct if q.cot == cot][start : start + batch_size]
+        for cot in (False, True)
+        for start in range(0, sum(q.cot == cot for q in distinct), batch_size)
+    ]
+    for batch in tqdm(batches, desc="answer", unit="batch", file=sys.stderr, mininterval=5):
+        stops = stop_token_ids(tokenizer, batch[0].cot)
         enc = tokenizer([q.prompt for q in batch], return_tensors="pt", padding=True).to(device)
         check_context(model, enc.input_ids.shape[1] + max_new_tokens, batch)
         out = model.generate(
@@ -116,10 +207,12 @@ def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, 
         new_tokens = out.sequences[:, enc.input_ids.shape[1] :]
         for row, query in enumerate(batch):
             gold_first = answer_token_ids(tokenizer, query.prompt, query.gold)[0]
-            generation = tokenizer.decode(new_tokens[row], skip_special_tokens=True)
-            span = extract_span(generation)
+            generated = trim_generated(new_tokens[row].tolist(), stops, tokenizer.pad_token_id)
+            generation = tokenizer.decode(generated, skip_special_tokens=True)
+            span = extract_span(generation, query.cot)
             results[query] = {
                 "generation": generation,
+                "generated_ids": generated,
                 "answer_span": span,
                 "correct": is_correct(span, query.gold, query.aliases),
                 "first_token_correct": int(new_tokens[row, 0]) == gold_first,
@@ -129,12 +222,24 @@ def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, 
 
 
 def predictions_table(items: list[Item], templates: dict[str, str], conditions: list[str], model, tokenizer,
-                      max_new_tokens: int, batch_size: int, device: str) -> pa.Table:
+                      max_new_tokens: int, batch_size: int, device: str, *, cot_max_new_tokens: int | None = None,
+                      seed: int = 0, few_shot_k: int = 1) -> pa.Table:
     rows = []
-    for condition in conditions:
-        plan = queries_for(items, templates, condition)
-        answers = greedy_answers(model, tokenizer, [q for *_, q in plan], max_new_tokens, batch_size, device)
-        for item, kind, index, query in plan:
-            rows.append({"case_id": item.case_id, "kind": kind, "paraphrase": index, "condition": condition,
-                         "prompt": query.prompt, "gold": query.gold, **answers[query]})
+    for position, condition in enumerate(conditions):
+        plan = plan_prompts(items, templates, condition, seed, few_shot_k, single_hop=position == 0)
+        limit = cot_max_new_tokens if condition in COT_CONDITIONS and cot_max_new_tokens else max_new_tokens
+        answers = greedy_answers(model, tokenizer, [p.query for p in plan], limit, batch_size, device)
+        for p in plan:
+            answer = answers[p.query]
+            two_hop = p.kind == "two_hop"
+            rows.append({
+                "case_id": p.item.case_id, "kind": p.kind, "paraphrase": p.paraphrase,
+                "condition": condition if two_hop else "direct", "prompt": p.query.prompt, "gold": p.query.gold,
+                **answer,
+                "chain_names_bridge": chain_names_bridge(answer["generation"], p.item.fact1_ans, p.item.fact1_aliases)
+                if two_hop and p.query.cot else None,
+                "context_answer": p.context_answer,
+                "follows": follows(answer["answer_span"], p.context_answer, p.query.gold, p.query.aliases)
+                if two_hop and condition in CONFLICT_HOPS else None,
+            })
     return pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -64,13 +65,16 @@ def set_threads(threads: int | None) -> None:
 # ---------------------------------------------------------------------------------------------- world generate
 def cmd_world_generate(args: argparse.Namespace) -> None:
     from knrecall.config import WorldParams
+    from knrecall.data.conditions import DEFAULT_TEMPLATES
     from knrecall.io import write_json, write_jsonl
     from knrecall.world.generate import WorldSize, generate_world
 
     world = json_params(args.params, WorldParams, "world")
+    templates = {**DEFAULT_TEMPLATES, **(parse_json(args.templates, "templates") if args.templates else {})}
     size = WorldSize(world.people, world.cities, world.countries, world.companies, world.languages, world.currencies)
     generated = generate_world(args.seed, size, world.heldout_subject_fraction, world.heldout_bridge_fraction,
-                               world.shortcut_fraction, args.qa_template)
+                               world.shortcut_fraction, templates["direct"], cot_fraction=world.cot_fraction,
+                               context_fraction=world.context_fraction, templates=templates)
     out = Path(args.out_dir)
     write_json(generated["items"], out / "items.json")
     write_jsonl(generated["corpus"], out / "corpus.jsonl")
@@ -106,6 +110,7 @@ def read_json_list(path: Path) -> list:
 
 def cmd_world_train(args: argparse.Namespace) -> None:
     from knrecall.config import WorldModelParams
+    from knrecall.data.conditions import DEFAULT_TEMPLATES, EXEMPLAR_TEMPLATE
     from knrecall.io import write_json
     from knrecall.world.tokenizer import build_tokenizer
     from knrecall.world.train import ModelShape, TrainRecipe, train_world_model
@@ -116,6 +121,9 @@ def cmd_world_train(args: argparse.Namespace) -> None:
     texts = [f"{ex['prompt']} {ex['answer']} ." for ex in corpus]
     for item in items:
         texts += [item["two_hop"], *item["fact1_query"], *item["fact2_query"]]
+    templates = parse_json(args.templates, "templates") if args.templates else DEFAULT_TEMPLATES
+    # every word of every condition's prompt, so that evaluation prompts never contain [UNK]
+    texts += [re.sub(r"\{\w+\}", " ", template) for template in [*templates.values(), EXEMPLAR_TEMPLATE]]
     tokenizer = build_tokenizer(texts)
     shape = ModelShape(params.hidden_size, params.intermediate_size, params.num_layers, params.num_heads)
     recipe = TrainRecipe(params.epochs, params.batch_size, params.learning_rate, params.weight_decay,
@@ -168,13 +176,15 @@ def cmd_answer(args: argparse.Namespace) -> None:
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
 
-    payload = rule_payload(args.params, "answer", ("answer", "prompts", "model"))
+    payload = rule_payload(args.params, "answer", ("answer", "prompts", "model", "seed"))
     answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
     set_threads(args.threads)
     items = read_items(args.items)
     spec, model, tokenizer = load_rule_model(payload, args)
     table = predictions_table(items, payload["prompts"], list(answer.conditions), model, tokenizer,
-                              answer.max_new_tokens, args.batch_size, args.device)
+                              answer.max_new_tokens, args.batch_size, args.device,
+                              cot_max_new_tokens=answer.cot_max_new_tokens, seed=payload["seed"],
+                              few_shot_k=answer.few_shot_exemplars)
     meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
                                       "dtype": spec.dtype}, device=args.device)
     write_parquet(table, args.out, meta)
@@ -324,13 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = world_sub.add_parser("generate", help="generate the world: items.json, corpus.jsonl, graph.json")
     p.add_argument("--params", required=True, help="JSON of the `world` block of params.yaml")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--qa-template", default="Q: {question} A:", help="the `direct` prompt template")
+    p.add_argument("--templates", help="JSON of the `prompts` block of params.yaml (default: the built-in templates)")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_world_generate)
 
     p = world_sub.add_parser("train", help="train the world model (LLaMA architecture) on the CPU")
     p.add_argument("--corpus", required=True, help="corpus.jsonl from `world generate`")
     p.add_argument("--items", required=True, help="items.json from `world generate` (for the vocabulary)")
+    p.add_argument("--templates", help="JSON of the `prompts` block (their words join the vocabulary)")
     p.add_argument("--params", required=True, help="JSON of the `world_model` block of params.yaml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (runtime knob)")
@@ -354,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("answer", help="greedy answers and correctness for every prompt of every item")
     p.add_argument("--items", required=True, help="items.parquet")
-    p.add_argument("--params", required=True, help="JSON with 'answer', 'prompts' and 'model' (one models entry)")
+    p.add_argument("--params", required=True, help="JSON with 'answer', 'prompts', 'model' (one models entry) and 'seed'")
     p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
     p.add_argument("--model-name", default="", help="the model's name in params.yaml (recorded in metadata)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch (runtime knob)")

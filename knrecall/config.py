@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from knrecall.data.conditions import DEFAULT_TEMPLATES
 from knrecall.errors import KnrecallError
 
 
@@ -43,6 +44,18 @@ class WorldParams(Strict):
     heldout_subject_fraction: float = Field(0.3, ge=0, le=1, description="Share of subjects whose two-hop questions are never trained.")
     heldout_bridge_fraction: float = Field(0.15, ge=0, le=1, description="Share of bridge entities no trained two-hop question passes through.")
     shortcut_fraction: float = Field(0.3, ge=0, le=1, description="Share of held-out items that get planted shortcut sentences (s -> o2).")
+    cot_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of train_subject items whose training text also has a chain-of-thought example (their "
+        "two-hop question under the zero-shot or, for half of them, one-shot CoT prompt; answer: the chain, then "
+        "'So the answer is o2'). 0 leaves the world exactly as without it.",
+    )
+    context_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of train_subject items whose training text also has context passages (the conflict "
+        "prompts with a truthful and a counterfactual passage for hop 1 and hop 2; answer: what the passage "
+        "implies). 0 leaves the world exactly as without it.",
+    )
 
 
 class WorldModelParams(Strict):
@@ -70,9 +83,14 @@ class ModelParams(Strict):
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (off unless you trust it).")
 
 
+Condition = Literal["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"]
+
+
 class AnswerParams(Strict):
-    conditions: list[Literal["direct"]] = Field(["direct"], min_length=1, description="Prompt conditions to answer under.")
-    max_new_tokens: int = Field(8, ge=1, description="Greedy generation length limit.")
+    conditions: list[Condition] = Field(["direct"], min_length=1, description="Prompt conditions to answer the two-hop questions under.")
+    max_new_tokens: int = Field(8, ge=1, description="Greedy generation length limit (direct and conflict conditions).")
+    cot_max_new_tokens: int = Field(48, ge=1, description="Greedy generation length limit for chain-of-thought conditions.")
+    few_shot_exemplars: int = Field(1, ge=1, description="Exemplars in a few_shot_cot prompt (never the item itself).")
 
 
 class AttributionParams(Strict):
@@ -109,9 +127,10 @@ class Params(Strict):
         min_length=1,
         description="Models to study, by name (names become file names).",
     )
-    prompts: dict[str, str] = Field(
-        default_factory=lambda: {"direct": "Q: {question} A:"},
-        description="Prompt template per condition; {question} marks the question.",
+    prompts: dict[Condition, str] = Field(
+        default_factory=lambda: dict(DEFAULT_TEMPLATES),
+        description="Prompt template per condition; {question} marks the question, {exemplars} the few-shot "
+        "exemplars, {context} the conflicting context.",
     )
     answer: AnswerParams = AnswerParams()
     attribution: AttributionParams = AttributionParams()
@@ -127,9 +146,14 @@ class Params(Strict):
                 raise ValueError(f"prompts: no template for condition '{condition}'")
         if self.kns.coarse_threshold < self.attribution.store_threshold and not self.attribution.full_maps:
             raise ValueError("kns.coarse_threshold must be >= attribution.store_threshold (or set attribution.full_maps)")
+        if "direct" not in self.prompts:
+            raise ValueError("prompts: the 'direct' template is required (single-hop prompts use it)")
         for condition, template in self.prompts.items():
-            if "{question}" not in template:
-                raise ValueError(f"prompts.{condition}: the template must contain {{question}}")
+            needed = ["{question}"] + (["{exemplars}"] if condition == "few_shot_cot" else []) + (
+                ["{context}"] if condition.startswith("conflict") else [])
+            for placeholder in needed:
+                if placeholder not in template:
+                    raise ValueError(f"prompts.{condition}: the template must contain {placeholder}")
         return self
 
 

@@ -21,6 +21,7 @@ rule answer:
                 "answer": PARAMS.answer.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
                 "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "seed": PARAMS.seed,
             }
         ),
         model_path=model_path,

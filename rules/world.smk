@@ -13,12 +13,12 @@ rule generate_world:
     params:
         world=lambda wc: as_json(PARAMS.world),
         seed=PARAMS.seed,
-        qa_template=lambda wc: PARAMS.prompts["direct"],
+        templates=lambda wc: as_json(PARAMS.prompts),
         impl=IMPLEMENTATION["world"],
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "python -m knrecall world generate --params {params.world:q} --seed {params.seed}"
-        " --qa-template {params.qa_template:q} --out-dir {params.out_dir} > {log} 2>&1"
+        " --templates {params.templates:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule train_world_model:
@@ -34,12 +34,13 @@ rule train_world_model:
     threads: 2
     params:
         world_model=lambda wc: as_json(PARAMS.world_model),
+        templates=lambda wc: as_json(PARAMS.prompts),
         seed=PARAMS.seed,
         impl=IMPLEMENTATION["train"],
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "python -m knrecall world train --corpus {input.corpus} --items {input.world_items}"
-        " --params {params.world_model:q} --seed {params.seed} --threads {threads}"
+        " --params {params.world_model:q} --templates {params.templates:q} --seed {params.seed} --threads {threads}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -14,10 +14,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_PARAMS = {
     "seed": 0,
     "world": {"people": 12, "cities": 6, "countries": 3, "companies": 4, "languages": 2, "currencies": 2,
-              "heldout_subject_fraction": 0.3, "heldout_bridge_fraction": 0.2, "shortcut_fraction": 0.5},
+              "heldout_subject_fraction": 0.3, "heldout_bridge_fraction": 0.2, "shortcut_fraction": 0.5,
+              "cot_fraction": 0.5, "context_fraction": 0.5},
     "world_model": {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2, "epochs": 1,
                     "batch_size": 64, "learning_rate": 0.002, "weight_decay": 0.1, "warmup_steps": 2},
-    "answer": {"conditions": ["direct"], "max_new_tokens": 3},
+    "answer": {"conditions": ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"],
+               "max_new_tokens": 3, "cot_max_new_tokens": 6},
 }
 
 

@@ -63,6 +63,11 @@ def test_tiny_run_writes_every_output(tiny_run):
                 "train_seconds"):
         assert key in metrics
     assert set(metrics["twohop_accuracy"]) >= {"train_subjects", "heldout_subjects", "heldout_bridges"}
+    by_condition = metrics["by_condition"]
+    assert list(by_condition) == ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"]
+    assert "chain_names_bridge" in by_condition["few_shot_cot"] and "follows_context" in by_condition["conflict_hop2"]
+    corpus_kinds = {json.loads(line)["kind"] for line in (results / "world" / "corpus.jsonl").read_text().splitlines()}
+    assert {"cot_question", "context_question"} <= corpus_kinds
     items = pl.read_parquet(results / "items.parquet")
     assert metrics["n_items"] == items.height > 0
     assert set(items["source"]) == {"world"} and set(items["split"]) == {"train_subject", "heldout_subject", "heldout_bridge"}
@@ -73,7 +78,7 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert meta["model"]["path"] == "results/models/world" and meta["schema_version"] == 1
     assert "torch" in meta["libraries"]
     frame = pl.from_arrow(predictions)
-    assert frame.filter(pl.col("kind") == "two_hop").height == items.height
+    assert frame.filter(pl.col("kind") == "two_hop").height == 5 * items.height
     assert frame["gold_first_token_prob"].is_between(0, 1).all()
     # the world model reloads through the plain Hugging Face path
     model = AutoModelForCausalLM.from_pretrained(results / "models" / "world")

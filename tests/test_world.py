@@ -1,11 +1,25 @@
 """The synthetic world: determinism, ground truth, templates, and the word-level tokenizer."""
 
-from collections import Counter
+import hashlib
+import json
+from collections import Counter, defaultdict
 
 import pytest
 from transformers import AutoTokenizer
 
-from knrecall.world.generate import WorldSize, generate_world
+from knrecall.config import WorldParams, parse_params
+from knrecall.data.conditions import (
+    candidate_pool,
+    candidates_by_relation,
+    conflict_context,
+    conflict_prompt,
+    exemplar_chain,
+    render,
+    render_exemplar,
+)
+from knrecall.data.importers import import_dataset
+from knrecall.errors import KnrecallError
+from knrecall.world.generate import WorldSize, as_item, generate_world
 from knrecall.world.templates import COMPOSITIONS, RELATIONS
 from knrecall.world.tokenizer import build_tokenizer
 
@@ -103,3 +117,153 @@ def test_tokenizer_round_trip(tmp_path):
     ex = world["corpus"][0]
     assert loaded(f"{ex['prompt']} {ex['answer']}").input_ids[: len(loaded(ex["prompt"]).input_ids)] == loaded(ex["prompt"]).input_ids
     assert loaded.padding_side == "left" and loaded.pad_token_id is not None
+
+
+# ------------------------------------------------------------------- CoT and context training text (off by default)
+
+NEW_KINDS = {"cot_question", "context_question"}
+# sha256 of make(seed) before cot_fraction / context_fraction existed (this SIZE, `make` defaults).
+# If the templates or the name inventor change on purpose, recompute: the point is that adding the two new
+# parameters (at 0) changed no random draw.
+DIGEST_BEFORE_REASONING_TEXT = {
+    0: "90a03ecd73d4fa9de2929424f3580d8353d0fdc8a4527a7de73dcf5d9dd57566",
+    1: "3e904bf697eaceceed0fef3e1210b3f000a7bcbc01825d2857616c5f43268dd1",
+}
+
+
+def digest(world):
+    return hashlib.sha256(json.dumps(world, sort_keys=True).encode()).hexdigest()
+
+
+def by_question(world):
+    return {i["two_hop"]: i for i in world["items"]}
+
+
+def owner(prompt, questions):
+    """The item whose two-hop question the prompt finally asks ("... Q: {two_hop} A:" or "... A: Let's think ...")."""
+    tail = prompt.rsplit("Q: ", 1)[1]
+    question = tail.split(" A:", 1)[0]
+    return questions[question]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_new_fractions_at_zero_leave_the_world_as_it_was(seed):
+    base = make(seed)
+    assert digest(base) == DIGEST_BEFORE_REASONING_TEXT[seed]
+    assert make(seed, cot_fraction=0.0, context_fraction=0.0) == base
+    assert not any(ex["kind"] in NEW_KINDS for ex in base["corpus"])
+    assert WorldParams().cot_fraction == 0.0 and WorldParams().context_fraction == 0.0
+
+
+def test_reasoning_text_draws_nothing_from_the_world_stream():
+    base = make(0)
+    world = make(0, cot_fraction=0.5, context_fraction=0.5)
+    for key in ("entities", "facts", "heldout_subjects", "heldout_bridges", "items"):
+        assert world[key] == base[key]
+    # the old examples are all there, in their old order; the new ones are spread over the corpus
+    assert [ex for ex in world["corpus"] if ex["kind"] not in NEW_KINDS] == base["corpus"]
+    kinds = [ex["kind"] in NEW_KINDS for ex in world["corpus"]]
+    assert any(kinds[: len(kinds) // 2]) and any(kinds[len(kinds) // 2 :])
+    # each fraction draws from its own generator: one does not move the other's choice
+    only_cot = [ex for ex in make(0, cot_fraction=0.5)["corpus"] if ex["kind"] == "cot_question"]
+    assert only_cot == [ex for ex in world["corpus"] if ex["kind"] == "cot_question"]
+
+
+def test_reasoning_text_is_deterministic_by_seed():
+    kw = dict(cot_fraction=0.4, context_fraction=0.4)
+    assert make(0, **kw) == make(0, **kw)
+    new = lambda w: [ex for ex in w["corpus"] if ex["kind"] in NEW_KINDS]
+    assert new(make(1, **kw)) != new(make(0, **kw))
+
+
+def test_world_items_import_as_the_items_the_text_was_built_from(tmp_path):
+    world = make()
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps(world["items"]))
+    for imported, record in zip(import_dataset(path, "tfrkn"), world["items"], strict=True):
+        mine = as_item(record)
+        for field in ("case_id", "two_hop", "fact1_query", "fact1_ans", "fact2_query", "fact2_ans", "subject",
+                      "relation1", "relation2", "split", "fact1_aliases", "answer_aliases"):
+            assert getattr(imported, field) == getattr(mine, field), field
+
+
+def test_cot_examples():
+    fraction = 0.5
+    world = make(cot_fraction=fraction)
+    questions = by_question(world)
+    train = [i for i in world["items"] if i["split"] == "train_subject"]
+    cot = [ex for ex in world["corpus"] if ex["kind"] == "cot_question"]
+    assert len(cot) == round(len(train) * fraction)
+    owners = [owner(ex["prompt"], questions) for ex in cot]
+    assert len({o["case_id"] for o in owners}) == len(cot)  # one example per chosen item
+    zero = few = 0
+    for ex, record in zip(cot, owners):
+        assert record["split"] == "train_subject"
+        item = as_item(record)
+        o1, o2 = record["fact1_ans"], record["fact2_ans"]
+        assert ex["answer"] == f"{exemplar_chain(item)} So the answer is {o2}"
+        assert f" {o1}. " in ex["answer"] and ex["answer"].endswith(f"So the answer is {o2}")
+        assert ex["answer"].startswith(record["fact1_query"][0])
+        # the training text (the trainer appends " .") is word for word an exemplar block of the item
+        assert render_exemplar(item) == f"Q: {record['two_hop']} A: {ex['answer']}.\n"
+        if ex["prompt"] == render("zero_shot_cot", item):
+            assert ex["prompt"] == f"Q: {record['two_hop']} A: Let's think step by step."
+            zero += 1
+        else:
+            few += 1
+            assert ex["prompt"].endswith(f".\nQ: {record['two_hop']} A:")
+            assert ex["prompt"].count("Q: ") == 2 and "So the answer is" in ex["prompt"]  # one exemplar
+            assert exemplar_chain(item) not in ex["prompt"]
+            assert not any(q in ex["prompt"] for q in record["fact1_query"] + record["fact2_query"])
+            exemplar = owner(ex["prompt"].split("\n")[0] + " A:", questions)
+            assert exemplar["split"] == "train_subject" and exemplar["case_id"] != record["case_id"]
+            assert ex["prompt"] == render("few_shot_cot", item, exemplars=[as_item(exemplar)])
+    assert few == len(cot) // 2 and zero == len(cot) - few
+
+
+def test_context_examples():
+    fraction, seed = 0.5, 0
+    world = make(seed, context_fraction=fraction)
+    facts, questions = world["facts"], by_question(world)
+    by_relation = candidates_by_relation([as_item(r) for r in world["items"]])
+    train = [i for i in world["items"] if i["split"] == "train_subject"]
+    grouped = defaultdict(list)
+    for ex in world["corpus"]:
+        if ex["kind"] == "context_question":
+            assert ex["prompt"].startswith("Context: ")
+            grouped[owner(ex["prompt"], questions)["case_id"]].append((ex["prompt"], ex["answer"]))
+    assert len(grouped) == round(len(train) * fraction)
+    records = {r["case_id"]: r for r in world["items"]}
+    skipped = 0
+    for case_id, examples in grouped.items():
+        record = records[case_id]
+        assert record["split"] == "train_subject"
+        item = as_item(record)
+        (s, r1, o1), (_, r2, o2) = record["two_hop_label"]
+        # training passages draw their fakes with the seed -1 - seed, which the evaluation (seed >= 0) never uses
+        prompt2, fake2 = conflict_prompt(item, 2, by_relation, -1 - seed)
+        prompt1, fake1 = conflict_prompt(item, 1, by_relation, -1 - seed)
+        assert fake2 != o2 and fake2 in candidate_pool(item, 2, by_relation)
+        assert fake1 != o1 and fake1 in candidate_pool(item, 1, by_relation)
+        expected = [
+            (render("conflict_hop2", item, context=conflict_context(item, 2, o2)), o2),
+            (prompt2, fake2),
+            (render("conflict_hop1", item, context=conflict_context(item, 1, o1)), o2),
+        ]
+        if facts[r2][fake1] != o2:
+            expected.append((prompt1, facts[r2][fake1]))
+        else:
+            skipped += 1  # a fake bridge with the same answer teaches nothing about reading the passage
+        assert sorted(examples) == sorted(expected)
+        assert expected[0][0] == f"Context: {record['fact2_query'][0]} {o2}. Q: {record['two_hop']} A:"
+        for prompt, answer in examples:
+            truthful = (f" {o2}. Q:" in prompt) if prompt.count(record["fact2_query"][0]) else (f" {o1}. Q:" in prompt)
+            assert (answer == o2) == truthful
+    assert skipped < len(grouped)
+
+
+def test_bad_fractions_are_refused():
+    with pytest.raises(KnrecallError, match="cot_fraction"):
+        make(cot_fraction=1.5)
+    with pytest.raises(KnrecallError, match="world.context_fraction"):
+        parse_params({"world": {"context_fraction": -0.1}})

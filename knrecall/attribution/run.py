@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from knrecall.attribution.engine import LayerwiseIG, attribute_prompt
+from knrecall.data.conditions import single_hop_prompt
 from knrecall.data.facts import facts_of, shard_of
 from knrecall.data.items import Item
 from knrecall.models.adapters import adapter_for
-from knrecall.prompts import render_prompt
 from knrecall.targets import teacher_forced_contexts
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def attribute_shard(items: list[Item], model, tokenizer, templates: dict[str, st
     with tqdm(total=n_prompts, desc=f"attribute shard {shard}", unit="prompt", file=sys.stderr, mininterval=5) as bar:
         for fact in mine:
             for paraphrase, question in enumerate(fact.questions):
-                prompt = render_prompt(templates, "direct", question)
+                prompt = single_hop_prompt(question, templates)
                 prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, prompt, fact.answer)
                 start = time.perf_counter()
                 ig = attribute_prompt(model, adapter, prompt_ids, answer_ids, steps=settings.steps, rule=settings.rule,

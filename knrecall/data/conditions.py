@@ -243,3 +243,8 @@ def conflict_prompt(
     fake = conflict_entity(item, hop, pool, seed)
     prompt = render(f"conflict_hop{hop}", item, templates, context=conflict_context(item, hop, fake))
     return prompt, fake
+
+
+def single_hop_prompt(question: str, templates: Mapping[str, str] = DEFAULT_TEMPLATES) -> str:
+    """A single-hop paraphrase is always asked under `direct`."""
+    return templates["direct"].format(question=question)

@@ -7,14 +7,42 @@ Everything is a pure function of the parameters and the seed. Ground truth per i
 - `shortcut_planted`: for a share of held-out items, sentences linking the subject directly to the answer
   (the composition's statements) are in the corpus;
 - `composable`: the model saw only the two separate facts, so answering needs composition.
+
+Optional extra training text (both off by default; with both fractions 0 the world is exactly what it was before
+they existed), only ever about `train_subject` items so held-out items' prompts stay new at evaluation:
+
+- `cot_question` (`cot_fraction` of the train_subject items): the item's two-hop question under the zero-shot CoT
+  prompt, or for every second chosen item under a one-exemplar few-shot CoT prompt; the answer is the exemplar
+  chain followed by "So the answer is {o2}" (the trainer appends " ." and EOS), i.e. exactly what an exemplar block
+  (`EXEMPLAR_TEMPLATE`) puts after "A: ".
+- `context_question` (`context_fraction` of the train_subject items): the conflict prompts with a truthful and a
+  counterfactual passage for hop 2 (answer: the passage's entity) and for hop 1 (answer: relation 2 of the
+  passage's bridge, from the graph). A hop-1 counterfactual whose answer equals the truth is left out.
+
+The prompts are built by `knrecall.data.conditions` (the evaluation's own builders), so the formats cannot drift.
+Their random draws come from generators seeded by "{seed}:cot", "{seed}:context" and "{seed}:mix", never from the
+world's own stream: items are the same whatever these fractions, and the other examples keep their order.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from knrecall.data.conditions import (
+    DEFAULT_TEMPLATES,
+    candidate_pool,
+    candidates_by_relation,
+    choose_exemplars,
+    conflict_context,
+    conflict_entity,
+    exemplar_chain,
+    render,
+)
+from knrecall.data.items import Item
+from knrecall.errors import KnrecallError
 from knrecall.world.names import invent_names
 from knrecall.world.templates import COMPOSITIONS, RELATIONS
 
@@ -78,8 +106,15 @@ def generate_world(
     heldout_bridge_fraction: float,
     shortcut_fraction: float,
     qa_template: str,
+    *,
+    cot_fraction: float = 0.0,
+    context_fraction: float = 0.0,
+    templates: Mapping[str, str] = DEFAULT_TEMPLATES,
 ) -> dict[str, Any]:
     """Return {'entities', 'facts', 'items', 'corpus'}; items are TFRKN-shaped dicts with ground truth."""
+    for name, value in (("cot_fraction", cot_fraction), ("context_fraction", context_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise KnrecallError(f"world: {name} must be between 0 and 1, got {value!r}")
     rng = random.Random(seed)
     reserved = template_words(qa_template.split() + COMPANY_SUFFIXES)
     entities = invent_entities(rng, size, reserved)
@@ -148,6 +183,9 @@ def generate_world(
                 }
             )
     rng.shuffle(corpus)
+    extra = reasoning_examples(seed, items, facts, cot_fraction, context_fraction, templates)
+    if extra:
+        corpus = interleave(corpus, extra, random.Random(f"{seed}:mix"))
     return {
         "entities": entities,
         "facts": facts,
@@ -156,3 +194,97 @@ def generate_world(
         "items": items,
         "corpus": corpus,
     }
+
+
+def as_item(record: dict[str, Any]) -> Item:
+    """The `Item` an importer makes of a world record (what the prompt conditions take)."""
+    (subject, r1, _), (_, r2, _) = record["two_hop_label"]
+    return Item(
+        case_id=record["case_id"],
+        source=record["source"],
+        two_hop=record["two_hop"],
+        fact1_query=list(record["fact1_query"]),
+        fact1_ans=record["fact1_ans"],
+        fact2_query=list(record["fact2_query"]),
+        fact2_ans=record["fact2_ans"],
+        subject=subject,
+        relation1=r1,
+        relation2=r2,
+        split=record["split"],
+        shortcut_planted=record["shortcut_planted"],
+        composable=record["composable"],
+        extra={"composition": record["composition"]},
+    )
+
+
+def cot_answer(item: Item) -> str:
+    """The CoT target: what `EXEMPLAR_TEMPLATE` puts after "A: ", less the final ".\\n" (the trainer adds " .")."""
+    return f"{exemplar_chain(item)} So the answer is {item.fact2_ans.strip().rstrip('.')}"
+
+
+def reasoning_examples(
+    seed: int,
+    records: list[dict[str, Any]],
+    facts: dict[str, dict[str, str]],
+    cot_fraction: float,
+    context_fraction: float,
+    templates: Mapping[str, str] = DEFAULT_TEMPLATES,
+) -> list[dict[str, str]]:
+    """`cot_question` and `context_question` examples for shares of the train_subject items (see the module doc)."""
+    if cot_fraction <= 0 and context_fraction <= 0:
+        return []
+    items = [as_item(r) for r in records]
+    train = [it for it in items if it.split == "train_subject"]
+    examples: list[dict[str, str]] = []
+
+    cot_rng = random.Random(f"{seed}:cot")
+    cot_items = cot_rng.sample(train, round(len(train) * cot_fraction))
+    for index, item in enumerate(cot_items):
+        prompt = None
+        if index % 2 == 1:  # every second chosen item (the sample's order is random): one-shot CoT
+            try:
+                exemplars = choose_exemplars(item, train, k=1, seed=seed)
+                prompt = render("few_shot_cot", item, templates, exemplars=exemplars)
+            except KnrecallError:  # no usable exemplar (tiny worlds): zero-shot instead
+                prompt = None
+        if prompt is None:
+            prompt = render("zero_shot_cot", item, templates)
+        examples.append({"prompt": prompt, "answer": cot_answer(item), "kind": "cot_question"})
+
+    context_rng = random.Random(f"{seed}:context")
+    context_items = context_rng.sample(train, round(len(train) * context_fraction))
+    if context_items:
+        by_relation = candidates_by_relation(items)
+    for item in context_items:
+        o1, o2 = item.fact1_ans, item.fact2_ans
+
+        def add(hop: int, passage_entity: str, answer: str) -> None:
+            prompt = render(f"conflict_hop{hop}", item, templates, context=conflict_context(item, hop, passage_entity))
+            examples.append({"prompt": prompt, "answer": answer, "kind": "context_question"})
+
+        add(2, o2, o2)
+        fake = _fake(item, 2, by_relation, seed)
+        if fake is not None:
+            add(2, fake, fake)
+        add(1, o1, o2)
+        fake_bridge = _fake(item, 1, by_relation, seed)
+        if fake_bridge is not None and facts[item.relation2][fake_bridge] != o2:
+            add(1, fake_bridge, facts[item.relation2][fake_bridge])
+    return examples
+
+
+def _fake(item: Item, hop: int, by_relation: dict, seed: int) -> str | None:
+    """A training passage's fake entity, drawn with a seed the evaluation never uses (-1 - seed), so the conflict
+    prompts asked at evaluation are never the ones trained on."""
+    try:
+        return conflict_entity(item, hop, candidate_pool(item, hop, by_relation), -1 - seed)
+    except KnrecallError:  # the pool holds only the true entity
+        return None
+
+
+def interleave(corpus: list[dict[str, str]], extra: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]]:
+    """`corpus` with `extra` spread over random positions; both keep their own order."""
+    total = len(corpus) + len(extra)
+    slots = set(rng.sample(range(total), len(extra)))
+    main, added = iter(corpus), iter(extra)
+    return [next(added) if i in slots else next(main) for i in range(total)]

@@ -50,20 +50,27 @@ def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str)
     return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
 
 
-def make_batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random, pad_id: int):
+def make_batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random, pad_id: int,
+                 pool: int = 32):
+    """Shuffled batches of similar length: the shuffled examples are cut into pools of `pool` batches, each pool is
+    sorted by length and cut into batches, and the batches are shuffled (short QA lines and long chain-of-thought
+    lines then rarely share a batch, so little of it is padding)."""
     order = list(range(len(examples)))
     rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start : start + batch_size * pool], key=lambda i: len(examples[i][0]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    for batch in batches:
+        chunk = [examples[i] for i in batch]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, (x, y) in enumerate(chunk):  # right padding: fine for training a causal model
             ids[row, : len(x)] = torch.tensor(x)
             labels[row, : len(y)] = torch.tensor(y)
-            mask[row, : len(x)] = 1
-        yield ids, labels, mask
+        yield ids, labels
 
 
 def learning_rate_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -120,7 +127,7 @@ def train_world_model(
     with log_path.open("w") as log, tqdm(total=total, desc="train world model", unit="step", file=sys.stderr, mininterval=5) as bar:
         for epoch in range(recipe.epochs):
             epoch_loss, epoch_batches = 0.0, 0
-            for ids, labels, mask in make_batches(examples, recipe.batch_size, rng, tokenizer.pad_token_id):
+            for ids, labels in make_batches(examples, recipe.batch_size, rng, tokenizer.pad_token_id):
                 lr = learning_rate_at(step, total, recipe.learning_rate, recipe.warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -131,7 +138,7 @@ def train_world_model(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 step += 1
-                tokens += int(mask.sum())
+                tokens += int((ids != tokenizer.pad_token_id).sum())
                 epoch_loss += loss.item()
                 epoch_batches += 1
                 bar.update(1)
