@@ -22,7 +22,7 @@ setup: $(BIN)/knrecall
 
 demo: setup  ## run the main job on the embedded world (profile: profiles/default)
 	$(BIN)/snakemake --profile profiles/default
-	@cat results/metrics/world.json results/metrics/attribution.json
+	@cat results/metrics/world.json results/metrics/attribution.json results/metrics/recall.json
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest -q

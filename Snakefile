@@ -14,6 +14,7 @@ include: "rules/world.smk"
 include: "rules/data.smk"
 include: "rules/answer.smk"
 include: "rules/attribution.smk"
+include: "rules/recall.smk"
 
 
 rule all:

@@ -303,6 +303,60 @@ def torch_topk(attributions, k: int) -> list[tuple[int, int, float]]:
     return [(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, flat)]
 
 
+# ------------------------------------------------------------------------------------------------------ recall
+def cmd_measure(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.config import RecallParams, parse_params
+    from knrecall.data.items import read_items
+    from knrecall.io import provenance, read_parquet, write_parquet
+    from knrecall.recall.measure import measure
+
+    payload = rule_payload(args.params, "measure", ("recall", "prompts", "model", "seed"))
+    params = parse_params(payload["recall"], "--params (recall)", RecallParams)
+    set_threads(args.threads)
+    items = read_items(args.items)
+    predictions = pl.from_arrow(read_parquet(args.predictions))
+    kns = pl.from_arrow(read_parquet(args.kns))
+    spec, model, tokenizer = load_rule_model(payload, args)
+    baselines, activations, steps = measure(items, predictions, kns, model, tokenizer, payload["prompts"],
+                                            params.null_per_fact, payload["seed"], args.batch_size)
+    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
+                                      "dtype": spec.dtype}, device=args.device)
+    write_parquet(baselines.to_arrow(), args.baselines, meta)
+    write_parquet(steps.to_arrow(), args.steps, meta)
+    write_parquet(activations.to_arrow(), args.out, meta)
+    logging.info("measured %d activations -> %s", activations.height, args.out)
+
+
+def cmd_recall(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.config import RecallParams, parse_params
+    from knrecall.data.facts import facts_of
+    from knrecall.data.items import read_items
+    from knrecall.io import provenance, read_parquet, write_json, write_parquet
+    from knrecall.recall.analysis import analyse
+    from knrecall.recall.measure import refined_sets
+
+    payload = rule_payload(args.params, "recall", ("recall", "seed"))
+    params = parse_params(payload["recall"], "--params (recall)", RecallParams)
+    item_list = read_items(args.items)
+    items = pl.from_arrow(read_parquet(args.items))
+    predictions = pl.from_arrow(read_parquet(args.predictions))
+    sets = refined_sets(pl.from_arrow(read_parquet(args.kns)))
+    _, links = facts_of(item_list)
+    link_table = pl.DataFrame([(c, h, f, len(sets.get(f, []))) for c, h, f in links],
+                              schema={"case_id": pl.String, "hop": pl.Int8, "fact_id": pl.String, "n_kns": pl.Int64},
+                              orient="row")
+    table, metrics = analyse(items, predictions, pl.from_arrow(read_parquet(args.baselines)),
+                             pl.from_arrow(read_parquet(args.activations)), link_table,
+                             params.model_dump(mode="json"), payload["seed"])
+    write_parquet(table.to_arrow(), args.out, provenance(payload, model={"name": args.model_name}))
+    write_json({"model": args.model_name, **metrics}, args.summary)
+    logging.info("recall: %d rows -> %s", table.height, args.out)
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def cmd_schema(args: argparse.Namespace) -> None:
     from knrecall.config import schema_yaml
@@ -417,6 +471,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="Parquet with layer, neuron, attribution, activation")
     p.set_defaults(func=cmd_attribute_prompt)
+
+    p = sub.add_parser("measure", help="KN activations: baselines, reasoning-step positions, item and null activations")
+    p.add_argument("--items", required=True, help="items.parquet")
+    p.add_argument("--predictions", required=True, help="the model's predictions.parquet (generated ids)")
+    p.add_argument("--kns", required=True, help="the model's kns.parquet")
+    p.add_argument("--params", required=True, help="JSON with 'recall', 'prompts', 'model' and 'seed'")
+    p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (runtime knob)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--baselines", required=True, help="output: baselines Parquet")
+    p.add_argument("--steps", required=True, help="output: reasoning-step positions Parquet")
+    p.add_argument("--out", required=True, help="output: activations Parquet")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("recall", help="KN scores, recall decisions, TT/TF/FT/FF, MH/SC with bootstrap CIs")
+    p.add_argument("--items", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--kns", required=True)
+    p.add_argument("--baselines", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--params", required=True, help="JSON with 'recall' and 'seed'")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--out", required=True, help="per item, condition and hop Parquet")
+    p.add_argument("--summary", required=True, help="the model's recall metrics (JSON)")
+    p.set_defaults(func=cmd_recall)
 
     p = sub.add_parser("schema", help="print or write the JSON Schema of params.yaml (YAML form)")
     p.add_argument("--out", help="file to write (default: stdout)")

@@ -117,6 +117,15 @@ class KnsParams(Strict):
         return self
 
 
+class RecallParams(Strict):
+    delta: Literal["ratio", "difference"] = Field("ratio", description="KN score: mean a_i / b_i (ratio) or mean a_i - b_i (difference).")
+    threshold: Literal["null", "fixed"] = Field("null", description="Recall decision: above the null-distribution quantile of the fact's KN set (null) or above tau (fixed).")
+    tau: float = Field(1.0, description="The fixed threshold (threshold: fixed).")
+    null_quantile: float = Field(0.95, gt=0, lt=1, description="Quantile of the null distribution used as threshold.")
+    null_per_fact: int = Field(50, ge=2, description="Other items (not involving the fact) sampled for its null distribution.")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples for every confidence interval.")
+
+
 class Params(Strict):
     seed: int = Field(0, description="Seed of everything random (world, training).")
     dataset: DatasetParams = DatasetParams()
@@ -135,6 +144,7 @@ class Params(Strict):
     answer: AnswerParams = AnswerParams()
     attribution: AttributionParams = AttributionParams()
     kns: KnsParams = KnsParams()
+    recall: RecallParams = RecallParams()
 
     @model_validator(mode="after")
     def consistent(self) -> "Params":

@@ -9,4 +9,6 @@ IMPLEMENTATION = {
     "metrics": 1,
     "attribution": 1,
     "kns": 1,
+    "measure": 1,
+    "recall": 1,
 }

@@ -71,6 +71,7 @@ def all_targets():
     targets = [f"{RESULTS}/predictions/{name}.parquet" for name in MODELS]
     targets += [f"{RESULTS}/kns/{name}.parquet" for name in MODELS]
     targets.append(f"{RESULTS}/metrics/attribution.json")
+    targets.append(f"{RESULTS}/metrics/recall.json")
     if PARAMS.dataset.source == "world" and WORLD_MODELS:
         targets.append(f"{RESULTS}/metrics/world.json")
     return targets

@@ -45,10 +45,11 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
     assert "up to date" in dvc(clone, "status").stdout
 
     edit_params(clone, "answer", "max_new_tokens", 5)
-    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"}
+    recall = {"measure", "recall", "recall_metrics"}
+    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"} | recall
     assert "answer" in dvc(clone, "status").stdout
 
     edit_params(clone, "answer", "max_new_tokens", 3)
     edit_params(clone, "world_model", "learning_rate", 0.001)
-    downstream = {"answer", "world_metrics", "attribute", "select_kns", "attribution_metrics"}
+    downstream = {"answer", "world_metrics", "attribute", "select_kns", "attribution_metrics"} | recall
     assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"train_world_model"} | downstream

@@ -14,8 +14,9 @@ from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakema
 
 pytestmark = pytest.mark.slow
 
-ANSWER_RULES = {"answer", "world_metrics"}
-ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"}
+RECALL_RULES = {"measure", "recall", "recall_metrics"}
+ANSWER_RULES = {"answer", "world_metrics"} | RECALL_RULES
+ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"} | RECALL_RULES
 ALL_RULES = {"generate_world", "train_world_model", "import_items"} | ANSWER_RULES | ATTRIBUTION_RULES
 
 
@@ -108,13 +109,34 @@ def test_tiny_run_attributes_every_prompt(tiny_run):
     assert metrics["kns_per_fact"]["mean"] >= 0 and metrics["completeness_error_p95"] is not None
 
 
+def test_tiny_run_writes_recall_metrics(tiny_run):
+    results = tiny_run / "results"
+    items = pl.read_parquet(results / "items.parquet")
+    recall = pl.read_parquet(results / "recall" / "world" / "recall.parquet")
+    conditions = ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"]
+    assert recall.height == items.height * len(conditions) * 2  # every item, condition and hop
+    assert set(recall["category"]) <= {"TT", "TF", "FT", "FF", "no_kns", "undecided"}
+    steps = pl.read_parquet(results / "recall" / "world" / "steps.parquet")
+    direct = steps.filter(pl.col("condition") == "direct")
+    assert (direct["hop1_position"] == direct["hop2_position"]).all() and direct["hop1_found"].all()
+    metrics = json.loads((results / "metrics" / "recall.json").read_text())["models"]["world"]
+    assert list(metrics["conditions"]) == conditions
+    entry = metrics["conditions"]["direct"]
+    for key in ("accuracy", "TT", "TF", "FT", "FF", "MH", "SC", "delta1_mean", "delta2_mean"):
+        assert key in entry and f"{key}_ci" in entry
+    shares = [entry[k] for k in ("TT", "TF", "FT", "FF")]
+    assert abs(sum(shares) - 1) < 1e-6
+    assert "sc_shortcut_planted" in metrics["validation"]["direct"]
+
+
 def test_second_run_reruns_nothing(tiny_run):
     assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
 
 
 def test_runtime_knobs_rerun_nothing(tiny_run):
     result = snakemake(tiny_run, "-n", "--cores", "1", "--set-threads", "train_world_model=1", "answer=1", "attribute=2",
-                       "--set-resources", "answer:batch_size=3", "answer:device=cpu", "attribute:max_rows=7")
+                       "measure=1", "--set-resources", "answer:batch_size=3", "answer:device=cpu", "attribute:max_rows=7",
+                       "measure:batch_size=2")
     assert scheduled_jobs(result.stdout) == {}
 
 
@@ -122,7 +144,10 @@ def test_runtime_knobs_rerun_nothing(tiny_run):
     "block, key, value, expected",
     [
         ("answer", "max_new_tokens", 5, ANSWER_RULES),
-        ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"}),
+        ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"} | RECALL_RULES),
+        ("recall", "null_per_fact", 3, RECALL_RULES),
+        ("recall", "null_quantile", 0.9, {"recall", "recall_metrics"}),
+        ("recall", "delta", "difference", {"recall", "recall_metrics"}),
         ("attribution", "steps", 4, ATTRIBUTION_RULES),
         ("world_model", "epochs", 2, {"train_world_model"} | ANSWER_RULES | ATTRIBUTION_RULES),
         ("world", "shortcut_fraction", 0.25, ALL_RULES),
