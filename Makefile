@@ -22,7 +22,8 @@ setup: $(BIN)/knrecall
 
 demo: setup  ## run the main job on the embedded world (profile: profiles/default)
 	$(BIN)/snakemake --profile profiles/default
-	@cat results/metrics/world.json results/metrics/attribution.json results/metrics/recall.json
+	@cat results/metrics/world.json results/metrics/attribution.json
+	@$(BIN)/python -m knrecall tables
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/answer.smk"
 include: "rules/attribution.smk"
 include: "rules/recall.smk"
+include: "rules/interventions.smk"
 
 
 rule all:

@@ -357,6 +357,104 @@ def cmd_recall(args: argparse.Namespace) -> None:
     logging.info("recall: %d rows -> %s", table.height, args.out)
 
 
+# ----------------------------------------------------------------------------------------------- interventions
+def cmd_intervene(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.config import AnswerParams, InterventionParams, parse_params
+    from knrecall.data.items import read_items
+    from knrecall.interventions.run import Settings, run_shard
+    from knrecall.io import provenance, read_parquet, write_parquet
+    from knrecall.recall.measure import refined_sets
+
+    payload = rule_payload(args.params, "intervene", ("interventions", "answer", "prompts", "model", "seed"))
+    params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
+    answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
+    if not 0 <= args.shard < params.shards:
+        raise KnrecallError(f"--shard {args.shard} is outside 0..{params.shards - 1} "
+                            f"(interventions.shards = {params.shards})")
+    set_threads(args.threads)
+    items = read_items(args.items)
+    refined = refined_sets(pl.from_arrow(read_parquet(args.kns)))
+    spec, model, tokenizer = load_rule_model(payload, args)
+    settings = Settings(tuple(params.conditions), params.enhance_factor, params.suppress_factor, params.random_seeds,
+                        params.position_policy, answer.max_new_tokens, answer.cot_max_new_tokens,
+                        answer.few_shot_exemplars, payload["seed"], params.max_items)
+    table = run_shard(items, refined, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
+                      args.batch_size, args.model_name)
+    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
+                                      "dtype": spec.dtype}, shard=args.shard, shards=params.shards, device=args.device)
+    write_parquet(table, args.out, meta)
+    logging.info("intervened: %d rows -> %s", table.num_rows, args.out)
+
+
+def cmd_intervention_summary(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.config import RecallParams, parse_params
+    from knrecall.interventions.analysis import analyse_interventions
+    from knrecall.io import read_parquet, write_json
+
+    payload = rule_payload(args.params, "intervention-summary", ("recall", "seed"))
+    params = parse_params(payload["recall"], "--params (recall)", RecallParams)
+    rows = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.shards])
+    n_items = pl.from_arrow(read_parquet(args.items)).height
+    metrics = analyse_interventions(rows, n_items, params.bootstrap_resamples, payload["seed"])
+    write_json({"model": args.model_name, **metrics}, args.out)
+    logging.info("intervention summary of %d rows -> %s", rows.height, args.out)
+
+
+def cmd_intervene_prompt(args: argparse.Namespace) -> None:
+    from knrecall.answer import extract_span, stop_token_ids
+    from knrecall.interventions.generate import greedy_generate
+    from knrecall.interventions.run import COT_ANSWER_CONTEXT, answer_step
+    from knrecall.models.load import ModelSpec, load_model
+    from knrecall.recall.steps import prompt_input_ids
+    from knrecall.targets import answer_token_ids
+
+    neurons: dict[int, list[int]] = {}
+    for text in args.neuron:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+        if not match:
+            raise KnrecallError(f"--neuron '{text}': expected LAYER:INDEX, e.g. 3:117")
+        neurons.setdefault(int(match[1]), []).append(int(match[2]))
+    set_threads(args.threads)
+    model, tokenizer = load_model(ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code), args.device)
+    prompt_ids = prompt_input_ids(tokenizer, args.prompt)
+    gold = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if args.cot else args.prompt, args.gold)[0]
+    stops = stop_token_ids(tokenizer, args.cot)
+    limit = args.max_new_tokens
+    for label, factor in (("without", 1.0), ("with", args.factor)):
+        result = greedy_generate(model, [prompt_ids], limit, stops, neurons=[neurons], factor=factor,
+                                 policy=args.policy, gold_ids=[gold], pad_id=tokenizer.pad_token_id)[0]
+        generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
+        span = extract_span(generation, args.cot)
+        prob = result.gold_probs[answer_step(tokenizer, result.generated_ids, generation, span)]
+        what = "" if factor == 1.0 else f" (x{factor:g} on {sum(map(len, neurons.values()))} neurons, {args.policy})"
+        print(f"{label} intervention{what}: answer {span!r}, P(gold first token) = {prob:.4f}; generation {generation!r}")
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from knrecall.tables import intervention_table, recall_table, validation_table
+
+    printed = False
+    for name, render in (("recall.json", recall_table), ("recall.json", validation_table),
+                         ("interventions.json", intervention_table)):
+        path = Path(args.metrics) / name
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise KnrecallError(f"{path}: not valid JSON ({exc})") from None
+        table = render(data)
+        if table:
+            print(f"{path} ({render.__name__.replace('_', ' ')}):\n\n{table}\n")
+            printed = True
+    if not printed:
+        raise KnrecallError(f"{args.metrics}: neither recall.json nor interventions.json is there (run the workflow first)")
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def cmd_schema(args: argparse.Namespace) -> None:
     from knrecall.config import schema_yaml
@@ -498,6 +596,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="per item, condition and hop Parquet")
     p.add_argument("--summary", required=True, help="the model's recall metrics (JSON)")
     p.set_defaults(func=cmd_recall)
+
+    p = sub.add_parser("intervene", help="scale KNs (and random controls) during generation, one shard of items")
+    p.add_argument("--items", required=True, help="items.parquet")
+    p.add_argument("--kns", required=True, help="the model's kns.parquet")
+    p.add_argument("--params", required=True,
+                   help="JSON with 'interventions', 'answer', 'prompts', 'model' (one models entry) and 'seed'")
+    p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--shard", type=int, default=0, help="this shard's index, 0 .. interventions.shards-1")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch (runtime knob)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="the shard's interventions Parquet")
+    p.set_defaults(func=cmd_intervene)
+
+    p = sub.add_parser("intervention-summary", help="accuracy and gold probability changes with CIs, KN vs random")
+    p.add_argument("--items", required=True, help="items.parquet")
+    p.add_argument("--shards", nargs="+", required=True, help="the model's interventions shard files")
+    p.add_argument("--params", required=True, help="JSON with 'recall' (bootstrap_resamples) and 'seed'")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--out", required=True, help="the model's intervention metrics (JSON)")
+    p.set_defaults(func=cmd_intervention_summary)
+
+    p = sub.add_parser("intervene-prompt", help="one prompt's answer and gold probability with and without scaling")
+    p.add_argument("--model", required=True, help="hub id or local directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--gold", required=True, help="the gold answer (its first token's probability is reported)")
+    p.add_argument("--neuron", action="append", default=[], required=True, metavar="LAYER:INDEX",
+                   help="a neuron to scale; repeat for several")
+    p.add_argument("--factor", type=float, default=0.0, help="multiply the neurons' activations by this (default 0)")
+    p.add_argument("--policy", default="last_prompt", choices=["last_prompt", "all_generated", "all"])
+    p.add_argument("--cot", action="store_true", help="a chain-of-thought prompt: the answer follows 'So the answer is'")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--revision")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_intervene_prompt)
+
+    p = sub.add_parser("tables", help="print the recall (Table-4 layout), validation and intervention tables")
+    p.add_argument("--metrics", default="results/metrics", help="the folder with recall.json / interventions.json")
+    p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("schema", help="print or write the JSON Schema of params.yaml (YAML form)")
     p.add_argument("--out", help="file to write (default: stdout)")

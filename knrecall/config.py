@@ -45,13 +45,14 @@ class WorldParams(Strict):
     heldout_bridge_fraction: float = Field(0.15, ge=0, le=1, description="Share of bridge entities no trained two-hop question passes through.")
     shortcut_fraction: float = Field(0.3, ge=0, le=1, description="Share of held-out items that get planted shortcut sentences (s -> o2).")
     cot_fraction: float = Field(
-        0.0, ge=0, le=1,
+        1.0, ge=0, le=1,
         description="Share of train_subject items whose training text also has a chain-of-thought example (their "
         "two-hop question under the zero-shot or, for half of them, one-shot CoT prompt; answer: the chain, then "
-        "'So the answer is o2'). 0 leaves the world exactly as without it.",
+        "'So the answer is o2'); above 0, every single-hop fact also gets one zero-shot CoT example "
+        "('o. So the answer is o'). 0 leaves the world exactly as without it.",
     )
     context_fraction: float = Field(
-        0.0, ge=0, le=1,
+        0.5, ge=0, le=1,
         description="Share of train_subject items whose training text also has context passages (the conflict "
         "prompts with a truthful and a counterfactual passage for hop 1 and hop 2; answer: what the passage "
         "implies). 0 leaves the world exactly as without it.",
@@ -87,7 +88,9 @@ Condition = Literal["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", 
 
 
 class AnswerParams(Strict):
-    conditions: list[Condition] = Field(["direct"], min_length=1, description="Prompt conditions to answer the two-hop questions under.")
+    conditions: list[Condition] = Field(
+        ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"], min_length=1,
+        description="Prompt conditions to answer the two-hop questions under.")
     max_new_tokens: int = Field(8, ge=1, description="Greedy generation length limit (direct and conflict conditions).")
     cot_max_new_tokens: int = Field(48, ge=1, description="Greedy generation length limit for chain-of-thought conditions.")
     few_shot_exemplars: int = Field(1, ge=1, description="Exemplars in a few_shot_cot prompt (never the item itself).")
@@ -126,6 +129,21 @@ class RecallParams(Strict):
     bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples for every confidence interval.")
 
 
+class InterventionParams(Strict):
+    conditions: list[Condition] = Field(
+        ["direct", "zero_shot_cot", "few_shot_cot"], min_length=1,
+        description="Prompt conditions to intervene under (conflict_hop1 / conflict_hop2 optional).")
+    enhance_factor: float = Field(2.0, gt=1, description="Enhance: multiply the KN activations by this factor.")
+    suppress_factor: float = Field(0.0, ge=0, lt=1, description="Suppress: multiply the KN activations by this factor.")
+    random_seeds: int = Field(5, ge=0, description="Random-neuron controls (layer-matched) per intervention; 0 for none.")
+    position_policy: Literal["last_prompt", "all_generated", "all"] = Field(
+        "last_prompt", description="Positions scaled: the last prompt token, every position predicting a generated "
+        "token, or every position of prompt and generation.")
+    max_items: int | None = Field(
+        None, ge=1, description="Intervene on at most this many items (a deterministic sample by seed); null: every item.")
+    shards: int = Field(2, ge=1, description="Intervention shards (jobs); items are assigned by a hash of their case id.")
+
+
 class Params(Strict):
     seed: int = Field(0, description="Seed of everything random (world, training).")
     dataset: DatasetParams = DatasetParams()
@@ -145,15 +163,13 @@ class Params(Strict):
     attribution: AttributionParams = AttributionParams()
     kns: KnsParams = KnsParams()
     recall: RecallParams = RecallParams()
+    interventions: InterventionParams = InterventionParams()
 
     @model_validator(mode="after")
     def consistent(self) -> "Params":
         for name in self.models:
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
                 raise ValueError(f"models: name '{name}' may only use letters, digits, '-', '_' and '.'")
-        for condition in self.answer.conditions:
-            if condition not in self.prompts:
-                raise ValueError(f"prompts: no template for condition '{condition}'")
         if self.kns.coarse_threshold < self.attribution.store_threshold and not self.attribution.full_maps:
             raise ValueError("kns.coarse_threshold must be >= attribution.store_threshold (or set attribution.full_maps)")
         if "direct" not in self.prompts:
@@ -164,6 +180,12 @@ class Params(Strict):
             for placeholder in needed:
                 if placeholder not in template:
                     raise ValueError(f"prompts.{condition}: the template must contain {placeholder}")
+        for condition in self.answer.conditions:
+            if condition not in self.prompts:
+                raise ValueError(f"prompts: no template for condition '{condition}'")
+        for condition in self.interventions.conditions:
+            if condition not in self.prompts:
+                raise ValueError(f"prompts: no template for condition '{condition}' (interventions.conditions)")
         return self
 
 

@@ -11,4 +11,5 @@ IMPLEMENTATION = {
     "kns": 1,
     "measure": 1,
     "recall": 1,
+    "interventions": 1,
 }

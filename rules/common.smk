@@ -67,11 +67,19 @@ def shard_files(model, suffix):
     return [f"{RESULTS}/attribution/{model}/shard-{index:04d}.{suffix}" for index in range(PARAMS.attribution.shards)]
 
 
+def intervention_shard_files(model):
+    """The explicit list of a model's intervention shards (stable names shard-0000 ...)."""
+    return [
+        f"{RESULTS}/interventions/{model}/shard-{index:04d}.parquet" for index in range(PARAMS.interventions.shards)
+    ]
+
+
 def all_targets():
     targets = [f"{RESULTS}/predictions/{name}.parquet" for name in MODELS]
     targets += [f"{RESULTS}/kns/{name}.parquet" for name in MODELS]
     targets.append(f"{RESULTS}/metrics/attribution.json")
     targets.append(f"{RESULTS}/metrics/recall.json")
+    targets.append(f"{RESULTS}/metrics/interventions.json")
     if PARAMS.dataset.source == "world" and WORLD_MODELS:
         targets.append(f"{RESULTS}/metrics/world.json")
     return targets

@@ -20,6 +20,7 @@ TINY_PARAMS = {
                     "batch_size": 64, "learning_rate": 0.002, "weight_decay": 0.1, "warmup_steps": 2},
     "answer": {"conditions": ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"],
                "max_new_tokens": 3, "cot_max_new_tokens": 6},
+    "interventions": {"random_seeds": 2},
 }
 
 

@@ -98,7 +98,7 @@ def test_render_few_shot_exact_and_chain_names_the_bridge():
     prompt = render("few_shot_cot", EIFFEL, exemplars=[COLOSSEUM])
     assert prompt == (
         "Q: What is the capital of the country where the Colosseum is located? "
-        "A: In which country is the Colosseum located? Italy. What is the capital of Italy? Rome. "
+        "A: Italy. What is the capital of Italy? Rome. "
         "So the answer is Rome.\n"
         "Q: What is the capital of the country where the Eiffel Tower is located? A:"
     )

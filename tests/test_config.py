@@ -70,6 +70,10 @@ def test_cross_field_rules():
         parse_params({"world_model": {"hidden_size": 30, "num_heads": 4}})
     with pytest.raises(KnrecallError, match=r"\{question\}"):
         parse_params({"prompts": {"direct": "no placeholder"}})
+    only_direct = {"prompts": {"direct": "Q: {question} A:"}, "answer": {"conditions": ["direct"]}}
+    with pytest.raises(KnrecallError, match=r"no template for condition 'zero_shot_cot' \(interventions.conditions\)"):
+        parse_params(only_direct)
+    assert parse_params({**only_direct, "interventions": {"conditions": ["direct"]}})
 
 
 def test_check_params_command(tmp_path):

@@ -15,8 +15,9 @@ from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakema
 pytestmark = pytest.mark.slow
 
 RECALL_RULES = {"measure", "recall", "recall_metrics"}
+INTERVENTION_RULES = {"intervene", "intervention_summary", "intervention_metrics"}
 ANSWER_RULES = {"answer", "world_metrics"} | RECALL_RULES
-ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"} | RECALL_RULES
+ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"} | RECALL_RULES | INTERVENTION_RULES
 ALL_RULES = {"generate_world", "train_world_model", "import_items"} | ANSWER_RULES | ATTRIBUTION_RULES
 
 
@@ -34,7 +35,7 @@ def test_snakefmt_is_clean():
 def test_dry_run_of_the_default_params_plans_every_rule(tmp_path):
     project = copy_workflow(tmp_path / "proj", params={})
     result = snakemake(project, "-n")
-    assert scheduled_jobs(result.stdout) == {rule: 2 if rule == "attribute" else 1 for rule in ALL_RULES}
+    assert scheduled_jobs(result.stdout) == {rule: 2 if rule in ("attribute", "intervene") else 1 for rule in ALL_RULES}
 
 
 def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
@@ -129,25 +130,52 @@ def test_tiny_run_writes_recall_metrics(tiny_run):
     assert "sc_shortcut_planted" in metrics["validation"]["direct"]
 
 
+def test_tiny_run_writes_intervention_metrics(tiny_run):
+    results = tiny_run / "results"
+    items = pl.read_parquet(results / "items.parquet")
+    rows = pl.concat([pl.read_parquet(results / "interventions" / "world" / f"shard-000{i}.parquet") for i in (0, 1)])
+    conditions = ["direct", "zero_shot_cot", "few_shot_cot"]
+    base = rows.filter(pl.col("kind") == "base")
+    assert base.height == items.height * len(conditions)  # every item once per condition, across the two shards
+    assert set(rows["policy"]) == {"last_prompt"} and rows["gold_prob"].is_between(0, 1).all()
+    random_rows = rows.filter(pl.col("kind") == "random")
+    assert set(random_rows["control_seed"]) == {0, 1}
+    kn = rows.filter(pl.col("kind") == "kn").select("case_id", "condition", "intervention", "n_neurons")
+    matched = random_rows.select("case_id", "condition", pl.col("intervention").str.strip_prefix("random_"), "n_neurons")
+    assert matched.join(kn, on=["case_id", "condition", "intervention"], suffix="_kn").filter(
+        pl.col("n_neurons") != pl.col("n_neurons_kn")).height == 0  # a control has as many neurons as its KN set
+    metrics = json.loads((results / "metrics" / "interventions.json").read_text())["models"]["world"]
+    assert metrics["policy"] == "last_prompt" and list(metrics["conditions"]) == conditions
+    entry = metrics["conditions"]["direct"]
+    assert entry["base"]["n_items"] == items.height
+    for name in ("enhance_hop1", "suppress_hop1", "enhance_hop2", "suppress_hop2", "enhance_both", "suppress_both"):
+        assert {"accuracy", "delta_accuracy", "delta_accuracy_ci", "delta_gold_prob", "delta_gold_prob_ci",
+                "kn_vs_random_ratio", "random"} <= set(entry[name])
+
+
 def test_second_run_reruns_nothing(tiny_run):
     assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
 
 
 def test_runtime_knobs_rerun_nothing(tiny_run):
     result = snakemake(tiny_run, "-n", "--cores", "1", "--set-threads", "train_world_model=1", "answer=1", "attribute=2",
-                       "measure=1", "--set-resources", "answer:batch_size=3", "answer:device=cpu", "attribute:max_rows=7",
-                       "measure:batch_size=2")
+                       "measure=1", "intervene=2", "--set-resources", "answer:batch_size=3", "answer:device=cpu",
+                       "attribute:max_rows=7", "measure:batch_size=2", "intervene:batch_size=5")
     assert scheduled_jobs(result.stdout) == {}
 
 
 @pytest.mark.parametrize(
     "block, key, value, expected",
     [
-        ("answer", "max_new_tokens", 5, ANSWER_RULES),
-        ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"} | RECALL_RULES),
+        ("answer", "max_new_tokens", 5, ANSWER_RULES | INTERVENTION_RULES),
+        ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"} | RECALL_RULES | INTERVENTION_RULES),
         ("recall", "null_per_fact", 3, RECALL_RULES),
         ("recall", "null_quantile", 0.9, {"recall", "recall_metrics"}),
         ("recall", "delta", "difference", {"recall", "recall_metrics"}),
+        ("interventions", "enhance_factor", 3.0, INTERVENTION_RULES),
+        ("interventions", "position_policy", "all", INTERVENTION_RULES),
+        ("recall", "bootstrap_resamples", 200, {"recall", "recall_metrics", "intervention_summary",
+                                               "intervention_metrics"}),
         ("attribution", "steps", 4, ATTRIBUTION_RULES),
         ("world_model", "epochs", 2, {"train_world_model"} | ANSWER_RULES | ATTRIBUTION_RULES),
         ("world", "shortcut_fraction", 0.25, ALL_RULES),

@@ -121,7 +121,7 @@ def test_tokenizer_round_trip(tmp_path):
 
 # ------------------------------------------------------------------- CoT and context training text (off by default)
 
-NEW_KINDS = {"cot_question", "context_question"}
+NEW_KINDS = {"cot_question", "cot_onehop", "context_question"}
 # sha256 of make(seed) before cot_fraction / context_fraction existed (this SIZE, `make` defaults).
 # If the templates or the name inventor change on purpose, recompute: the point is that adding the two new
 # parameters (at 0) changed no random draw.
@@ -152,7 +152,6 @@ def test_new_fractions_at_zero_leave_the_world_as_it_was(seed):
     assert digest(base) == DIGEST_BEFORE_REASONING_TEXT[seed]
     assert make(seed, cot_fraction=0.0, context_fraction=0.0) == base
     assert not any(ex["kind"] in NEW_KINDS for ex in base["corpus"])
-    assert WorldParams().cot_fraction == 0.0 and WorldParams().context_fraction == 0.0
 
 
 def test_reasoning_text_draws_nothing_from_the_world_stream():
@@ -202,8 +201,8 @@ def test_cot_examples():
         item = as_item(record)
         o1, o2 = record["fact1_ans"], record["fact2_ans"]
         assert ex["answer"] == f"{exemplar_chain(item)} So the answer is {o2}"
-        assert f" {o1}. " in ex["answer"] and ex["answer"].endswith(f"So the answer is {o2}")
-        assert ex["answer"].startswith(record["fact1_query"][0])
+        assert ex["answer"].endswith(f"So the answer is {o2}")
+        assert ex["answer"].startswith(f"{o1}. {record['fact2_query'][0]} {o2}.")  # bridge, then hop 2 about it
         # the training text (the trainer appends " .") is word for word an exemplar block of the item
         assert render_exemplar(item) == f"Q: {record['two_hop']} A: {ex['answer']}.\n"
         if ex["prompt"] == render("zero_shot_cot", item):
@@ -219,6 +218,23 @@ def test_cot_examples():
             assert exemplar["split"] == "train_subject" and exemplar["case_id"] != record["case_id"]
             assert ex["prompt"] == render("few_shot_cot", item, exemplars=[as_item(exemplar)])
     assert few == len(cot) // 2 and zero == len(cot) - few
+
+
+def test_onehop_cot_examples():
+    world = make(cot_fraction=0.2)
+    onehop = [ex for ex in world["corpus"] if ex["kind"] == "cot_onehop"]
+    n_facts = sum(len(by_subject) for by_subject in world["facts"].values())
+    assert len(onehop) == n_facts  # one per single-hop fact, whatever the fraction
+    fact_questions = {(q, ex["answer"]) for ex in world["corpus"] if ex["kind"] == "fact_question"
+                      for q in [ex["prompt"]]}
+    for ex in onehop:
+        assert ex["prompt"].endswith(" A: Let's think step by step.")
+        entity = ex["answer"].split(". So the answer is ")[0]
+        assert ex["answer"] == f"{entity}. So the answer is {entity}"
+        direct = ex["prompt"].replace(" A: Let's think step by step.", " A:")
+        assert (direct, entity) in fact_questions  # a trained single-hop question and its true answer
+    assert [ex for ex in make(cot_fraction=0.7)["corpus"] if ex["kind"] == "cot_onehop"] == onehop
+    assert not any(ex["kind"] == "cot_onehop" for ex in make(context_fraction=0.5)["corpus"])
 
 
 def test_context_examples():

@@ -9,10 +9,11 @@ Templates (`DEFAULT_TEMPLATES`, overridable per condition; `{question}` is the i
 
 Few-shot exemplars. `{exemplars}` is the concatenation of one block per exemplar, `EXEMPLAR_TEMPLATE`:
 "Q: {question} A: {chain} So the answer is {answer}.\\n", where the chain is built generically from the
-exemplar's own single-hop facts (real items only have labels, not relation phrasings): its first hop-1 question
-followed by the bridge, then its first hop-2 question followed by the answer, e.g.
-"In which country is the Eiffel Tower located? France. What is the capital of France? Paris." — so the reasoning
-always names the bridge entity. `choose_exemplars` never picks the item itself (same case_id), an item with the same
+exemplar's own single-hop facts (real items only have labels, not relation phrasings): the bridge, then its first
+hop-2 question followed by the answer, e.g. "France. What is the capital of France? Paris." — so the reasoning
+always names the bridge entity first and then asks the second hop about it. (The bridge comes first, without
+restating the hop-1 question, because that is what the world model learns to generate reliably: the hop-1
+question would make it copy the subject's name, which a small model does poorly.) `choose_exemplars` never picks the item itself (same case_id), an item with the same
 two-hop question or the same subject, nor one whose chain would state one of the item's own single-hop facts (its
 chain question is one of the item's hop questions); it prefers exemplars with the item's (relation1, relation2).
 `render` refuses an exemplar that is the item or shares its two-hop question.
@@ -71,8 +72,10 @@ def _check_hop(item: Item, hop: int) -> None:
 
 
 def exemplar_chain(item: Item) -> str:
-    """The reasoning chain of an exemplar: 'hop-1 question bridge. hop-2 question answer.'"""
-    return f"{_sentence(_first(item, 1), item.fact1_ans)} {_sentence(_first(item, 2), item.fact2_ans)}"
+    """The reasoning chain of an exemplar: 'bridge. hop-2 question answer.'"""
+    bridge = item.fact1_ans.strip()
+    bridge = bridge if bridge.endswith(".") else f"{bridge}."
+    return f"{bridge} {_sentence(_first(item, 2), item.fact2_ans)}"
 
 
 def render_exemplar(item: Item, template: str = EXEMPLAR_TEMPLATE) -> str:

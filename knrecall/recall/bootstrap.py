@@ -11,6 +11,8 @@ seeded by `seed`, so a result is deterministic for a given seed and input; the r
   recount, recompute. Resamples whose denominator is 0 have no ratio and are left out (the interval is conditional
   on a defined ratio); their number is not reported. If no resample has a ratio, (None, None).
 * `paired_difference_ci`: resample pairs (i.e. the differences a_k − b_k), CI of mean(a − b).
+* `paired_ratio_ci`: resample units (each with a numerator and a denominator value), CI of mean(a) / mean(b);
+  resamples whose mean(b) is 0 have no ratio and are left out, as for `bootstrap_share_ci`.
 * `difference_ci`: two independent groups, each resampled on its own (a first, then b, from the same generator),
   CI of mean(a) − mean(b).
 * `category_share_cis`: MH and SC intervals per condition from a `categories` table.
@@ -123,6 +125,21 @@ def paired_difference_ci(a: Iterable[float] | pl.Series, b: Iterable[float] | pl
     return bootstrap_ci((x - y).tolist(), "mean", n_resamples, seed, level)
 
 
+def paired_ratio_ci(a: Iterable[float] | pl.Series, b: Iterable[float] | pl.Series, n_resamples: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> tuple[float | None, float | None]:
+    """CI of mean(a) / mean(b) for paired data (a[k], b[k] on the same unit k): resample units."""
+    _check(n_resamples, level)
+    x, y = _values(a, "a"), _values(b, "b")
+    if len(x) != len(y):
+        raise KnrecallError(f"paired_ratio_ci: a has {len(x)} values, b has {len(y)}")
+    idx = _indices(len(x), n_resamples, _generator(seed))
+    num, den = x[idx].mean(dim=1), y[idx].mean(dim=1)
+    ok = den != 0
+    if not ok.any():
+        return None, None
+    return _interval(num[ok] / den[ok], level)
+
+
 def difference_ci(a: Iterable[float] | pl.Series, b: Iterable[float] | pl.Series, n_resamples: int = 1000,
                   seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """CI of mean(a) − mean(b) for two independent groups: each group resampled on its own."""
@@ -156,4 +173,5 @@ def category_share_cis(cats: pl.DataFrame, n_resamples: int = 1000, seed: int = 
     return pl.DataFrame(rows, schema=schema)
 
 
-__all__ = ["bootstrap_ci", "bootstrap_share_ci", "paired_difference_ci", "difference_ci", "category_share_cis"]
+__all__ = ["bootstrap_ci", "bootstrap_share_ci", "paired_difference_ci", "paired_ratio_ci", "difference_ci",
+           "category_share_cis"]

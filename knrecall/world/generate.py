@@ -8,20 +8,26 @@ Everything is a pure function of the parameters and the seed. Ground truth per i
   (the composition's statements) are in the corpus;
 - `composable`: the model saw only the two separate facts, so answering needs composition.
 
-Optional extra training text (both off by default; with both fractions 0 the world is exactly what it was before
-they existed), only ever about `train_subject` items so held-out items' prompts stay new at evaluation:
+Optional extra training text (with both fractions 0 the world is exactly what it was before they existed). Two-hop
+text is only ever about `train_subject` items, so held-out items' prompts stay new at evaluation:
 
 - `cot_question` (`cot_fraction` of the train_subject items): the item's two-hop question under the zero-shot CoT
   prompt, or for every second chosen item under a one-exemplar few-shot CoT prompt; the answer is the exemplar
   chain followed by "So the answer is {o2}" (the trainer appends " ." and EOS), i.e. exactly what an exemplar block
   (`EXEMPLAR_TEMPLATE`) puts after "A: ".
+- `cot_onehop` (whenever `cot_fraction` > 0): for every single-hop fact, one of its questions (drawn by seed) under
+  the zero-shot CoT prompt, answered "{o}. So the answer is {o}". Single-hop facts are trained for every subject
+  anyway, so this reveals no two-hop answer; it teaches the chain's closing step (repeat the entity just produced
+  after "So the answer is") on every entity instead of on the CoT items' answers only. Without it the world model
+  copies the wrong entity into its chains far more often (measured: zero-shot CoT accuracy 0.64 without, 0.94
+  with, on the default world).
 - `context_question` (`context_fraction` of the train_subject items): the conflict prompts with a truthful and a
   counterfactual passage for hop 2 (answer: the passage's entity) and for hop 1 (answer: relation 2 of the
   passage's bridge, from the graph). A hop-1 counterfactual whose answer equals the truth is left out.
 
 The prompts are built by `knrecall.data.conditions` (the evaluation's own builders), so the formats cannot drift.
-Their random draws come from generators seeded by "{seed}:cot", "{seed}:context" and "{seed}:mix", never from the
-world's own stream: items are the same whatever these fractions, and the other examples keep their order.
+Their random draws come from generators seeded by "{seed}:cot", "{seed}:cot1", "{seed}:context" and "{seed}:mix",
+never from the world's own stream: items are the same whatever these fractions, and the other examples keep their order.
 """
 
 from __future__ import annotations
@@ -184,6 +190,8 @@ def generate_world(
             )
     rng.shuffle(corpus)
     extra = reasoning_examples(seed, items, facts, cot_fraction, context_fraction, templates)
+    if cot_fraction > 0:
+        extra += onehop_cot_examples(seed, facts, templates)
     if extra:
         corpus = interleave(corpus, extra, random.Random(f"{seed}:mix"))
     return {
@@ -215,6 +223,20 @@ def as_item(record: dict[str, Any]) -> Item:
         composable=record["composable"],
         extra={"composition": record["composition"]},
     )
+
+
+def onehop_cot_examples(seed: int, facts: dict[str, dict[str, str]],
+                        templates: Mapping[str, str] = DEFAULT_TEMPLATES) -> list[dict[str, str]]:
+    """`cot_onehop` examples: per single-hop fact, one question (drawn with "{seed}:cot1") under the zero-shot CoT
+    prompt, answered '{o}. So the answer is {o}'."""
+    rng = random.Random(f"{seed}:cot1")
+    examples = []
+    for rel in RELATIONS.values():
+        for s, o in facts[rel.name].items():
+            question = rng.choice(rel.questions).format(s=s)
+            examples.append({"prompt": templates["zero_shot_cot"].format(question=question),
+                             "answer": f"{o}. So the answer is {o}", "kind": "cot_onehop"})
+    return examples
 
 
 def cot_answer(item: Item) -> str:

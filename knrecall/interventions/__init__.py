@@ -1,0 +1,1 @@
+"""Interventions on knowledge neurons: scaled generation, random controls, runs and statistics."""

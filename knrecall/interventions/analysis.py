@@ -1,0 +1,97 @@
+"""Intervention statistics: accuracy and gold-answer probability per condition and intervention, their paired
+changes against the base run with bootstrap CIs, and the knowledge-neuron vs random-neuron effect ratio.
+
+Units are items. For an intervention on a target (hop1, hop2, both), the items are those with a non-empty KN set for
+that target (the others have no rows; counted as `n_items_without_kns`), and every change is paired with the same
+items' base run. A random control's value per item is the mean over its control seeds, so each item is one unit.
+
+- `delta_accuracy`, `delta_gold_prob`: mean over items of (intervention − base), with a paired bootstrap 95 % CI.
+- `random`: the same for the layer-matched random control of the same mode and target.
+- `kn_vs_random_ratio`: Δ gold probability under the KN intervention / Δ under its random control (a continuous
+  effect, so the ratio is defined even where a few random neurons never flip an answer), with a bootstrap CI over
+  items (resamples whose control Δ is 0 are left out). `kn_vs_random_accuracy_ratio` is the same for accuracy,
+  null where the control's accuracy change is 0. `kn_minus_random_accuracy` (with CI) is defined always.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from knrecall.recall.bootstrap import bootstrap_ci, paired_difference_ci, paired_ratio_ci
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _pair(ci: tuple[float | None, float | None]) -> list[float] | None:
+    return None if ci[0] is None else [round(ci[0], 4), round(ci[1], 4)]
+
+
+def _per_item(rows: pl.DataFrame) -> pl.DataFrame:
+    """case_id, correct, gold_prob: per item, averaged over control seeds (a no-op for base and KN rows)."""
+    return rows.group_by("case_id").agg(pl.col("correct").cast(pl.Float64).mean(), pl.col("gold_prob").cast(pl.Float64).mean())
+
+
+def _changes(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
+    """case_id, correct, gold_prob, d_correct, d_gold_prob against `base` (per-item table), sorted by case_id."""
+    return (_per_item(rows).join(base, on="case_id", suffix="_base")
+            .with_columns((pl.col("correct") - pl.col("correct_base")).alias("d_correct"),
+                          (pl.col("gold_prob") - pl.col("gold_prob_base")).alias("d_gold_prob"))
+            .sort("case_id"))
+
+
+def _effect(changes: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
+    many = changes.height > 1
+    return {
+        "accuracy": _round(changes["correct"].mean()),
+        "delta_accuracy": _round(changes["d_correct"].mean()),
+        "delta_accuracy_ci": _pair(paired_difference_ci(changes["correct"], changes["correct_base"], resamples, seed))
+        if many else None,
+        "gold_prob": _round(changes["gold_prob"].mean()),
+        "delta_gold_prob": _round(changes["d_gold_prob"].mean()),
+        "delta_gold_prob_ci": _pair(paired_difference_ci(changes["gold_prob"], changes["gold_prob_base"], resamples,
+                                                         seed)) if many else None,
+    }
+
+
+def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed: int) -> dict[str, Any]:
+    """The per-condition metrics of one model's intervention rows (the schema of `knrecall.interventions.run`)."""
+    out: dict[str, Any] = {}
+    for condition in rows["condition"].unique(maintain_order=True).to_list():
+        here = rows.filter(pl.col("condition") == condition)
+        base = _per_item(here.filter(pl.col("kind") == "base"))
+        entry: dict[str, Any] = {"base": {
+            "accuracy": _round(base["correct"].mean()),
+            "accuracy_ci": _pair(bootstrap_ci(base["correct"], "mean", resamples, seed)) if base.height > 1 else None,
+            "gold_prob": _round(base["gold_prob"].mean()),
+            "n_items": base.height,
+        }}
+        kn_rows = here.filter(pl.col("kind") == "kn")
+        for name in kn_rows["intervention"].unique(maintain_order=True).to_list():
+            kn = _changes(kn_rows.filter(pl.col("intervention") == name), base)
+            result = {**_effect(kn, resamples, seed), "n_items": kn.height, "n_items_without_kns": base.height - kn.height,
+                      "factor": float(kn_rows.filter(pl.col("intervention") == name)["factor"][0])}
+            random_rows = here.filter((pl.col("kind") == "random") & (pl.col("intervention") == f"random_{name}"))
+            if random_rows.height:
+                control = _changes(random_rows, base)
+                both = kn.join(control.select("case_id", "d_correct", "d_gold_prob"), on="case_id", suffix="_random")
+                d_random = both["d_gold_prob_random"].mean()
+                d_random_acc = both["d_correct_random"].mean()
+                result["random"] = {**_effect(control, resamples, seed),
+                                    "seeds": random_rows["control_seed"].n_unique()}
+                result["kn_vs_random_ratio"] = _round(both["d_gold_prob"].mean() / d_random) if d_random else None
+                result["kn_vs_random_ratio_ci"] = _pair(paired_ratio_ci(both["d_gold_prob"], both["d_gold_prob_random"],
+                                                                        resamples, seed)) if both.height > 1 else None
+                result["kn_vs_random_accuracy_ratio"] = (_round(both["d_correct"].mean() / d_random_acc)
+                                                         if d_random_acc else None)
+                result["kn_minus_random_accuracy"] = _round(both["d_correct"].mean() - d_random_acc)
+                result["kn_minus_random_accuracy_ci"] = _pair(paired_difference_ci(
+                    both["d_correct"], both["d_correct_random"], resamples, seed)) if both.height > 1 else None
+            entry[name] = result
+        out[condition] = entry
+    intervened = rows.filter(pl.col("kind") == "base")["case_id"].n_unique()
+    return {"n_items": n_items, "n_items_intervened": intervened, "policy": rows["policy"][0] if rows.height else None,
+            "conditions": out}

@@ -1,0 +1,205 @@
+"""Run every intervention on one shard's items under every chosen prompt condition (DESIGN.md §4, "Interventions").
+
+Per item and prompt condition (the prompts are the answering phase's own, `knrecall.answer.plan_prompts`):
+
+- `base`: plain greedy generation (the same loop, nothing scaled);
+- `enhance_{target}` / `suppress_{target}` for target hop1, hop2 and both (the union of the two hops' KNs): the
+  item's refined knowledge neurons of that target multiplied by `enhance_factor` / `suppress_factor`;
+- `random_enhance_{target}` / `random_suppress_{target}` with control seeds 0 .. random_seeds - 1: the same number
+  of random neurons per layer, never one of the item's KNs (`knrecall.interventions.controls`).
+
+All at one position policy (`knrecall.interventions.generate`), recorded in every row. An item whose KN set for a
+target is empty has no rows for that target (nothing to scale); the analysis counts such items.
+
+Per row: the generation, its answer span and correctness (the answering phase's rules), and `gold_prob`, the
+probability of the gold answer's first token at the step that produced the answer span's first token (the first
+step without chain of thought; the step after "So the answer is" with it); for an empty span, at the last step.
+With `max_items`, a deterministic sample of the items (by seed) is intervened on. Items are assigned to shards
+by a hash of their case id, so the union of shards is the same for any shard count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from knrecall.answer import (
+    COT_CONDITIONS,
+    PlannedPrompt,
+    extract_span,
+    is_correct,
+    plan_prompts,
+    stop_token_ids,
+)
+from knrecall.data.facts import facts_of
+from knrecall.data.items import Item
+from knrecall.errors import KnrecallError
+from knrecall.interventions.controls import Neuron, as_layer_map, random_control
+from knrecall.interventions.generate import greedy_generate
+from knrecall.models.adapters import adapter_for
+from knrecall.recall.steps import prompt_input_ids
+from knrecall.targets import answer_token_ids
+
+log = logging.getLogger(__name__)
+TARGETS = ("hop1", "hop2", "both")
+COT_ANSWER_CONTEXT = "So the answer is"
+
+INTERVENTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("case_id", pa.string(), nullable=False),
+        pa.field("condition", pa.string(), nullable=False),
+        pa.field("intervention", pa.string(), nullable=False),  # base | enhance_hop1 | random_suppress_both | ...
+        pa.field("kind", pa.string(), nullable=False),  # base | kn | random
+        pa.field("target", pa.string()),  # hop1 | hop2 | both; null for base
+        pa.field("factor", pa.float32(), nullable=False),
+        pa.field("control_seed", pa.int32()),  # random controls only
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("n_neurons", pa.int32(), nullable=False),
+        pa.field("generation", pa.string(), nullable=False),
+        pa.field("generated_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("answer_span", pa.string(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("gold_prob", pa.float32(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    kind: str  # base | kn | random
+    target: str | None
+    factor: float
+    control_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    conditions: tuple[str, ...]
+    enhance_factor: float
+    suppress_factor: float
+    random_seeds: int
+    policy: str
+    max_new_tokens: int
+    cot_max_new_tokens: int
+    few_shot_k: int
+    seed: int
+    max_items: int | None = None
+
+
+def interventions(settings: Settings) -> list[Intervention]:
+    """base, then per target enhance and suppress on the KNs, then their random controls (seed-major)."""
+    plan = [Intervention("base", "base", None, 1.0)]
+    modes = (("enhance", settings.enhance_factor), ("suppress", settings.suppress_factor))
+    for target in TARGETS:
+        for mode, factor in modes:
+            plan.append(Intervention(f"{mode}_{target}", "kn", target, factor))
+    for control_seed in range(settings.random_seeds):
+        for target in TARGETS:
+            for mode, factor in modes:
+                plan.append(Intervention(f"random_{mode}_{target}", "random", target, factor, control_seed))
+    return plan
+
+
+def shard_of_case(case_id: str, shards: int) -> int:
+    return int(hashlib.sha1(case_id.encode()).hexdigest()[:12], 16) % shards
+
+
+def sampled_cases(items: list[Item], max_items: int | None, seed: int) -> set[str]:
+    """The case ids intervened on: every item, or the `max_items` with the smallest sha1(seed:case_id)."""
+    cases = [item.case_id for item in items]
+    if max_items is None or max_items >= len(cases):
+        return set(cases)
+    return set(sorted(cases, key=lambda c: hashlib.sha1(f"{seed}:{c}".encode()).hexdigest())[:max_items])
+
+
+def item_kn_sets(items: list[Item], refined: dict[str, list[Neuron]]) -> dict[str, dict[str, list[Neuron]]]:
+    """case_id -> {hop1, hop2, both} -> sorted refined KNs (hop1/hop2 of the item's facts, both = their union)."""
+    _, links = facts_of(items)
+    sets: dict[str, dict[str, list[Neuron]]] = {}
+    for case_id, hop, fid in links:
+        sets.setdefault(case_id, {})[f"hop{hop}"] = sorted(refined.get(fid, []))
+    for by_target in sets.values():
+        by_target["both"] = sorted(set(by_target.get("hop1", [])) | set(by_target.get("hop2", [])))
+    return sets
+
+
+def neurons_for(intervention: Intervention, case_id: str, kn_sets: dict[str, list[Neuron]], width: int,
+                model_name: str) -> list[Neuron]:
+    if intervention.kind == "base":
+        return []
+    kns = kn_sets.get(intervention.target, [])
+    if intervention.kind == "kn" or not kns:
+        return kns
+    key = f"{model_name}:{case_id}:{intervention.target}:{intervention.control_seed}"
+    return random_control(kns, kn_sets["both"], width, key)
+
+
+def answer_step(tokenizer, generated_ids: list[int], generation: str, span: str) -> int:
+    """The index of the generated token that starts the answer span (the last token for an empty span)."""
+    if not generated_ids:
+        return 0
+    start = generation.rfind(span) if span else -1
+    if start < 0:
+        return len(generated_ids) - 1
+    for k in range(1, len(generated_ids) + 1):
+        if len(tokenizer.decode(generated_ids[:k], skip_special_tokens=True)) > start:
+            return k - 1
+    return len(generated_ids) - 1
+
+
+def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokenizer, templates: dict[str, str],
+              settings: Settings, shard: int, shards: int, batch_size: int, model_name: str) -> pa.Table:
+    """Every (item of the shard, condition, intervention) row; see the module docstring."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise KnrecallError(f"interventions: shard {shard} is not in 0..{shards - 1}")
+    adapter = adapter_for(model)
+    width = adapter.width(model)
+    kn_sets = item_kn_sets(items, refined)
+    plan_all = interventions(settings)
+    chosen_cases = {c for c in sampled_cases(items, settings.max_items, settings.seed) if shard_of_case(c, shards) == shard}
+    rows: list[dict] = []
+    for condition in settings.conditions:
+        # prompts are planned over every item (few-shot exemplars and conflict entities come from all of them)
+        planned = [p for p in plan_prompts(items, templates, condition, settings.seed, settings.few_shot_k,
+                                           single_hop=False) if p.item.case_id in chosen_cases]
+        planned.sort(key=lambda p: len(p.query.prompt))
+        cot = condition in COT_CONDITIONS
+        limit = settings.cot_max_new_tokens if cot else settings.max_new_tokens
+        stops = stop_token_ids(tokenizer, cot)
+        prompt_ids = {p.item.case_id: prompt_input_ids(tokenizer, p.query.prompt) for p in planned}
+        gold = {p.item.case_id: answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if cot else p.query.prompt,
+                                                 p.query.gold)[0] for p in planned}
+        log.info("shard %d/%d, %s: %d items x %d interventions", shard, shards, condition, len(planned), len(plan_all))
+        for intervention in tqdm(plan_all, desc=f"intervene {condition}", unit="run", file=sys.stderr, mininterval=10):
+            chosen: list[tuple[PlannedPrompt, list[Neuron]]] = []
+            for p in planned:
+                neurons = neurons_for(intervention, p.item.case_id, kn_sets.get(p.item.case_id, {}), width,
+                                      model_name)
+                if intervention.kind == "base" or neurons:
+                    chosen.append((p, neurons))
+            for start in range(0, len(chosen), batch_size):
+                batch = chosen[start:start + batch_size]
+                results = greedy_generate(
+                    model, [prompt_ids[p.item.case_id] for p, _ in batch], limit, stops,
+                    neurons=[as_layer_map(n) for _, n in batch], factor=intervention.factor, policy=settings.policy,
+                    gold_ids=[gold[p.item.case_id] for p, _ in batch], adapter=adapter,
+                    pad_id=tokenizer.pad_token_id)
+                for (p, neurons), result in zip(batch, results):
+                    generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
+                    span = extract_span(generation, cot)
+                    step = answer_step(tokenizer, result.generated_ids, generation, span)
+                    rows.append({
+                        "case_id": p.item.case_id, "condition": condition, "intervention": intervention.name,
+                        "kind": intervention.kind, "target": intervention.target, "factor": intervention.factor,
+                        "control_seed": intervention.control_seed, "policy": settings.policy,
+                        "n_neurons": len(neurons), "generation": generation, "generated_ids": result.generated_ids,
+                        "answer_span": span, "correct": is_correct(span, p.query.gold, p.query.aliases),
+                        "gold_prob": result.gold_probs[step] if result.gold_probs else 0.0,
+                    })
+    return pa.Table.from_pylist(rows, schema=INTERVENTIONS_SCHEMA)

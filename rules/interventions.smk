@@ -1,0 +1,73 @@
+# Interventions: scale each item's KNs (and layer-matched random neurons) during generation, sharded by item.
+
+
+rule intervene:
+    input:
+        item_table=f"{RESULTS}/items.parquet",
+        kns=f"{RESULTS}/kns/{{model}}.parquet",
+        model=model_inputs,
+    output:
+        f"{RESULTS}/interventions/{{model}}/shard-{{shard}}.parquet",
+    log:
+        f"{LOGS}/intervene_{{model}}_{{shard}}.log",
+    conda:
+        "../envs/knrecall.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        batch_size=64,
+        device="cpu",
+    params:
+        spec=lambda wc: as_json(
+            {
+                "interventions": PARAMS.interventions.model_dump(mode="json"),
+                "answer": PARAMS.answer.model_dump(mode="json"),
+                "prompts": PARAMS.prompts,
+                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "seed": PARAMS.seed,
+            }
+        ),
+        model_path=model_path,
+        shard=lambda wc: int(wc.shard),
+        impl=IMPLEMENTATION["interventions"],
+    shell:
+        "python -m knrecall intervene --items {input.item_table} --kns {input.kns} --params {params.spec:q}"
+        " --model-path {params.model_path:q} --model-name {wildcards.model} --shard {params.shard}"
+        " --batch-size {resources.batch_size} --device {resources.device} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule intervention_summary:
+    input:
+        item_table=f"{RESULTS}/items.parquet",
+        shards=lambda wc: intervention_shard_files(wc.model),
+    output:
+        f"{RESULTS}/interventions/{{model}}/summary.json",
+    log:
+        f"{LOGS}/intervention_summary_{{model}}.log",
+    conda:
+        "../envs/knrecall.yaml"
+    params:
+        spec=lambda wc: as_json(
+            {
+                "recall": {"bootstrap_resamples": PARAMS.recall.bootstrap_resamples},
+                "seed": PARAMS.seed,
+            }
+        ),
+        impl=IMPLEMENTATION["interventions"],
+    shell:
+        "python -m knrecall intervention-summary --items {input.item_table} --shards {input.shards}"
+        " --params {params.spec:q} --model-name {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule intervention_metrics:
+    input:
+        expand(f"{RESULTS}/interventions/{{model}}/summary.json", model=MODELS),
+    output:
+        f"{RESULTS}/metrics/interventions.json",
+    log:
+        f"{LOGS}/intervention_metrics.log",
+    conda:
+        "../envs/knrecall.yaml"
+    shell:
+        "python -m knrecall merge-metrics {input} --out {output} > {log} 2>&1"
