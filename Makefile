@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test lint format schema clean
+.PHONY: setup demo test chromium lint format schema clean
 
 $(BIN)/knrecall: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,19 @@ demo: setup  ## run the main job on the embedded world (profile: profiles/defaul
 	$(BIN)/snakemake --profile profiles/default
 	@cat results/metrics/world.json results/metrics/attribution.json
 	@$(BIN)/python -m knrecall tables
+	@echo "report: results/report/index.html"
 
-test: setup  ## run the test suite
+test: setup chromium  ## run the test suite
 	$(BIN)/python -m pytest -q
+
+# The report test renders the page in headless Chromium: Debian's package, installed here when missing (as root,
+# or with sudo); where that is impossible the test is skipped with the reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+	  echo "installing Debian's chromium for the report test"; \
+	  { $$sudo apt-get install -y -qq chromium || { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; }; } \
+	    >/dev/null 2>&1 || echo "could not install chromium: the report's browser test will be skipped"; }
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/world.smk"
 include: "rules/data.smk"
@@ -16,6 +19,7 @@ include: "rules/answer.smk"
 include: "rules/attribution.smk"
 include: "rules/recall.smk"
 include: "rules/interventions.smk"
+include: "rules/report.smk"
 
 
 rule all:

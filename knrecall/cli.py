@@ -434,6 +434,16 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
         print(f"{label} intervention{what}: answer {span!r}, P(gold first token) = {prob:.4f}; generation {generation!r}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from knrecall.report.build import build_report
+
+    params = parse_json(args.params, "report")
+    if not isinstance(params, dict):
+        raise KnrecallError("--params for report: expected a JSON object (the full parameters)")
+    path = build_report(Path(args.results), Path(args.out_dir), args.models, params, args.dataset)
+    logging.info("report -> %s", path)
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from knrecall.tables import intervention_table, recall_table, validation_table
 
@@ -635,6 +645,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_intervene_prompt)
+
+    p = sub.add_parser("report", help="results/report/index.html with figures and CSV series, from the outputs")
+    p.add_argument("--results", default="results", help="the workflow's results folder")
+    p.add_argument("--models", nargs="+", required=True, help="model names (as in params.yaml)")
+    p.add_argument("--params", required=True, help="JSON of all parameters (shown, and fingerprinted)")
+    p.add_argument("--dataset", default="world", help="a description of the dataset (shown in the manifest)")
+    p.add_argument("--out-dir", required=True, help="the report folder (index.html, figures/, data/)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tables", help="print the recall (Table-4 layout), validation and intervention tables")
     p.add_argument("--metrics", default="results/metrics", help="the folder with recall.json / interventions.json")

@@ -54,7 +54,7 @@ def _ci(ci: list[float] | None) -> str:
 
 def intervention_table(interventions: dict[str, Any]) -> str:
     lines = ["| model | condition | intervention | n | accuracy | Δ accuracy [CI] | Δ gold p [CI] "
-             "| random Δ accuracy [CI] | random Δ gold p [CI] | KN/random (Δp) [CI] |",
+             "| random Δ accuracy [CI] | random Δ gold p [CI] | KN/random size of Δp [CI] |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, entry in interventions.get("models", {}).items():
         for condition, by_name in entry.get("conditions", {}).items():

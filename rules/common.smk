@@ -5,6 +5,7 @@ import sys
 
 from knrecall.config import parse_params, validate_against_schema
 from knrecall.errors import KnrecallError
+from knrecall.report import FIGURES
 from knrecall.versions import IMPLEMENTATION
 
 try:
@@ -74,12 +75,26 @@ def intervention_shard_files(model):
     ]
 
 
+def metrics_files():
+    files = [f"{RESULTS}/metrics/{name}.json" for name in ("attribution", "recall", "interventions")]
+    if PARAMS.dataset.source == "world" and WORLD_MODELS:
+        files.append(f"{RESULTS}/metrics/world.json")
+    return files
+
+
+def dataset_description():
+    if PARAMS.dataset.source == "world":
+        return f"the embedded synthetic world (seed {PARAMS.seed})"
+    return f"{PARAMS.dataset.source}: {PARAMS.dataset.path}"
+
+
 def all_targets():
     targets = [f"{RESULTS}/predictions/{name}.parquet" for name in MODELS]
     targets += [f"{RESULTS}/kns/{name}.parquet" for name in MODELS]
     targets.append(f"{RESULTS}/metrics/attribution.json")
     targets.append(f"{RESULTS}/metrics/recall.json")
     targets.append(f"{RESULTS}/metrics/interventions.json")
+    targets.append(f"{RESULTS}/report/index.html")
     if PARAMS.dataset.source == "world" and WORLD_MODELS:
         targets.append(f"{RESULTS}/metrics/world.json")
     return targets

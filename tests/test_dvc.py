@@ -31,6 +31,12 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
     dvc(project, "repro")
     metrics = json.loads((project / "results" / "metrics" / "world.json").read_text())
     assert metrics["n_items"] > 0
+    shown = dvc(project, "metrics", "show").stdout
+    for name in ("world", "attribution", "recall", "interventions"):
+        assert f"results/metrics/{name}.json" in shown
+    assert "onehop_accuracy" in shown and "n_items" in shown
+    plots = dvc(project, "plots", "show", "--json").stdout
+    assert "two-hop accuracy per condition" in plots and "accuracy change per intervention" in plots
     dvc(project, "push")
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-qm", "results"], project)
@@ -45,11 +51,12 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
     assert "up to date" in dvc(clone, "status").stdout
 
     edit_params(clone, "answer", "max_new_tokens", 5)
-    recall = {"measure", "recall", "recall_metrics"}
-    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"} | recall
+    recall = {"measure", "recall", "recall_metrics", "report"}
+    interventions = {"intervene", "intervention_summary", "intervention_metrics"}
+    assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"} | recall | interventions
     assert "answer" in dvc(clone, "status").stdout
 
     edit_params(clone, "answer", "max_new_tokens", 3)
     edit_params(clone, "world_model", "learning_rate", 0.001)
-    downstream = {"answer", "world_metrics", "attribute", "select_kns", "attribution_metrics"} | recall
+    downstream = {"answer", "world_metrics", "attribute", "select_kns", "attribution_metrics"} | recall | interventions
     assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"train_world_model"} | downstream

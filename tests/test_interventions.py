@@ -123,9 +123,18 @@ def test_statistics_on_known_effects():
     assert kn["delta_gold_prob"] == pytest.approx(-0.6) and kn["delta_gold_prob_ci"] == pytest.approx([-0.6, -0.6])
     assert kn["random"]["delta_gold_prob"] == pytest.approx(-0.2) and kn["random"]["delta_accuracy"] == 0.0
     assert kn["random"]["seeds"] == 2
+    # |Δp| per item: 0.6 under the KNs; random seeds move it by |0.7-0.8| and |0.5-0.8|, mean 0.2
     assert kn["kn_vs_random_ratio"] == pytest.approx(3.0) and kn["kn_vs_random_ratio_ci"] == pytest.approx([3.0, 3.0])
     assert kn["kn_vs_random_accuracy_ratio"] is None  # the control never changed an answer
     assert kn["kn_minus_random_accuracy"] == -0.5
+
+
+def test_ratio_uses_effect_sizes_so_opposite_random_effects_do_not_cancel():
+    n = 20
+    rows = _rows([True] * n, [True] * n, [0.5] * n, [0.3] * n, [[True, True]] * n, [[0.6, 0.4]] * n)
+    kn = analyse_interventions(rows, n, 200, 0)["conditions"]["direct"]["suppress_hop1"]
+    assert kn["random"]["delta_gold_prob"] == pytest.approx(0.0)  # the signed changes cancel ...
+    assert kn["kn_vs_random_ratio"] == pytest.approx(2.0)  # ... the sizes do not: 0.2 / mean(0.1, 0.1)
 
 
 def test_items_without_kns_are_counted_not_paired():

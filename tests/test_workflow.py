@@ -1,8 +1,11 @@
 """The Snakemake workflow: lint, format, dry run, a tiny real run, and what reruns after a change."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -14,8 +17,8 @@ from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakema
 
 pytestmark = pytest.mark.slow
 
-RECALL_RULES = {"measure", "recall", "recall_metrics"}
-INTERVENTION_RULES = {"intervene", "intervention_summary", "intervention_metrics"}
+RECALL_RULES = {"measure", "recall", "recall_metrics", "report"}
+INTERVENTION_RULES = {"intervene", "intervention_summary", "intervention_metrics", "report"}
 ANSWER_RULES = {"answer", "world_metrics"} | RECALL_RULES
 ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"} | RECALL_RULES | INTERVENTION_RULES
 ALL_RULES = {"generate_world", "train_world_model", "import_items"} | ANSWER_RULES | ATTRIBUTION_RULES
@@ -153,6 +156,82 @@ def test_tiny_run_writes_intervention_metrics(tiny_run):
                 "kn_vs_random_ratio", "random"} <= set(entry[name])
 
 
+def test_tiny_run_writes_the_report(tiny_run):
+    from knrecall.report import FIGURES
+
+    report = tiny_run / "results" / "report"
+    page = (report / "index.html").read_text()
+    for heading in ("Run manifest", "Accuracy", "Knowledge neurons", "Recall: KN scores per condition",
+                    "Recall categories (the paper's Table 4 layout)", "Conflicting context", "Interventions",
+                    "Ground-truth validation (the world)", "IG diagnostics", "Parameters"):
+        assert f"<h3>{heading}</h3>" in page or f"<h2>{heading}</h2>" in page, heading
+    for figure in FIGURES:
+        png = report / "figures" / "world" / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f'src="figures/world/{figure}.png"' in page
+    assert page.count("<figcaption>") == len(FIGURES) and "Source: results/" in page
+    accuracy = pl.read_csv(report / "data" / "accuracy.csv")
+    assert accuracy.columns == ["model", "condition", "accuracy", "low", "high"] and accuracy.height == 5
+    shares = pl.read_csv(report / "data" / "recall_shares.csv")
+    assert (shares.select(pl.sum_horizontal("TT", "TF", "FT", "FF")).to_series() - 1).abs().max() < 1e-6
+    assert pl.read_csv(report / "data" / "interventions.csv").height == 3 * 6
+
+
+def test_snakemake_report_builds(tiny_run, tmp_path):
+    out = tmp_path / "snakemake-report.html"
+    snakemake(tiny_run, "--report", str(out))
+    text = out.read_text()
+    assert out.stat().st_size > 100_000  # the self-contained page with the figures embedded
+    assert "kn_layers.png" in text and "deltas.png" in text
+
+
+def _chromium() -> str | None:
+    return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+
+
+def _render(browser: str, page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on `page` (no network, a throw-away profile); its console goes to stderr."""
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                           "--virtual-time-budget=5000", *extra, page.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+
+
+def _page_state(browser: str, page: Path, profile: Path) -> tuple[dict[str, str], list[str]]:
+    """The `#image-check` attributes after load, and the console messages Chromium logged."""
+    result = _render(browser, page, profile, "--dump-dom")
+    tag = re.search(r'<div id="image-check"[^>]*>', result.stdout)
+    attributes = dict(re.findall(r'(data-[a-z]+)="([^"]*)"', tag.group(0))) if tag else {}
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    return attributes, console
+
+
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (`make test` installs Debian's chromium when it can)")
+    # the check itself can fail: a copy of the page with a missing image and a script error is caught
+    broken = tiny_run / "results" / "report" / "broken-check.html"
+    broken.write_text((tiny_run / "results" / "report" / "index.html").read_text()
+                      .replace("figures/world/accuracy.png", "figures/world/missing.png")
+                      .replace("</body>", "<script>console.error('deliberate'); undefinedFunction();</script></body>"))
+    try:
+        attributes, console = _page_state(browser, broken, tmp_path / "profile-broken")
+    finally:
+        broken.unlink()
+    assert attributes.get("data-broken") == "1" and any("deliberate" in line for line in console)
+
+    page = tiny_run / "results" / "report" / "index.html"
+    attributes, console = _page_state(browser, page, tmp_path / "profile")
+    from knrecall.report import FIGURES
+
+    assert attributes == {"data-broken": "0", "data-images": str(len(FIGURES))}
+    assert console == []
+    shot = ROOT / "test-artifacts" / "report.png"
+    shot.parent.mkdir(exist_ok=True)
+    _render(browser, page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,6000")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_second_run_reruns_nothing(tiny_run):
     assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
 
@@ -170,12 +249,12 @@ def test_runtime_knobs_rerun_nothing(tiny_run):
         ("answer", "max_new_tokens", 5, ANSWER_RULES | INTERVENTION_RULES),
         ("kns", "refine_fraction", 0.6, {"select_kns", "attribution_metrics"} | RECALL_RULES | INTERVENTION_RULES),
         ("recall", "null_per_fact", 3, RECALL_RULES),
-        ("recall", "null_quantile", 0.9, {"recall", "recall_metrics"}),
-        ("recall", "delta", "difference", {"recall", "recall_metrics"}),
+        ("recall", "null_quantile", 0.9, {"recall", "recall_metrics", "report"}),
+        ("recall", "delta", "difference", {"recall", "recall_metrics", "report"}),
         ("interventions", "enhance_factor", 3.0, INTERVENTION_RULES),
         ("interventions", "position_policy", "all", INTERVENTION_RULES),
         ("recall", "bootstrap_resamples", 200, {"recall", "recall_metrics", "intervention_summary",
-                                               "intervention_metrics"}),
+                                               "intervention_metrics", "report"}),
         ("attribution", "steps", 4, ATTRIBUTION_RULES),
         ("world_model", "epochs", 2, {"train_world_model"} | ANSWER_RULES | ATTRIBUTION_RULES),
         ("world", "shortcut_fraction", 0.25, ALL_RULES),

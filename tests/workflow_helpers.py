@@ -12,7 +12,8 @@ import yaml
 
 from conftest import ROOT, TINY_PARAMS
 
-WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "profiles", "envs", "knrecall", "params.yaml", "dvc.yaml", ".dvcignore"]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "profiles", "envs", "knrecall", "report", "params.yaml", "dvc.yaml",
+                  ".dvcignore"]
 
 
 def tool_env() -> dict[str, str]:

@@ -7,10 +7,13 @@ items' base run. A random control's value per item is the mean over its control 
 
 - `delta_accuracy`, `delta_gold_prob`: mean over items of (intervention − base), with a paired bootstrap 95 % CI.
 - `random`: the same for the layer-matched random control of the same mode and target.
-- `kn_vs_random_ratio`: Δ gold probability under the KN intervention / Δ under its random control (a continuous
-  effect, so the ratio is defined even where a few random neurons never flip an answer), with a bootstrap CI over
-  items (resamples whose control Δ is 0 are left out). `kn_vs_random_accuracy_ratio` is the same for accuracy,
-  null where the control's accuracy change is 0. `kn_minus_random_accuracy` (with CI) is defined always.
+- `kn_vs_random_ratio`: how many times more the KNs move the model than the random neurons do: mean over items of
+  |Δ gold probability| under the KN intervention / the same under its random control (per item, the mean of
+  |Δ| over the control seeds). Absolute changes keep the denominator positive, so the ratio and its bootstrap CI
+  over items stay finite even when random neurons change almost nothing on average (a ratio of signed means has a
+  denominator near 0 then, and a useless CI); the direction of an effect is in `delta_accuracy` and
+  `delta_gold_prob`. `kn_vs_random_accuracy_ratio` is the ratio of the signed accuracy changes, null where the
+  control's change is 0; `kn_minus_random_accuracy` (with a paired CI) is defined always.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def _changes(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
             .with_columns((pl.col("correct") - pl.col("correct_base")).alias("d_correct"),
                           (pl.col("gold_prob") - pl.col("gold_prob_base")).alias("d_gold_prob"))
             .sort("case_id"))
+
+
+def _abs_change(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
+    """case_id, size_random: per item, the mean over control seeds of |gold_prob − the base gold_prob|."""
+    return (rows.select("case_id", pl.col("gold_prob").cast(pl.Float64)).join(base.select("case_id", "gold_prob"),
+                                                                               on="case_id", suffix="_base")
+            .group_by("case_id").agg((pl.col("gold_prob") - pl.col("gold_prob_base")).abs().mean().alias("size_random")))
 
 
 def _effect(changes: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
@@ -77,13 +87,15 @@ def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed
             random_rows = here.filter((pl.col("kind") == "random") & (pl.col("intervention") == f"random_{name}"))
             if random_rows.height:
                 control = _changes(random_rows, base)
-                both = kn.join(control.select("case_id", "d_correct", "d_gold_prob"), on="case_id", suffix="_random")
-                d_random = both["d_gold_prob_random"].mean()
+                size = _abs_change(random_rows, base)  # per item: mean over seeds of |Δ gold prob|
+                both = (kn.join(control.select("case_id", "d_correct", "d_gold_prob"), on="case_id", suffix="_random")
+                        .join(size, on="case_id").with_columns(pl.col("d_gold_prob").abs().alias("size_kn")))
                 d_random_acc = both["d_correct_random"].mean()
                 result["random"] = {**_effect(control, resamples, seed),
                                     "seeds": random_rows["control_seed"].n_unique()}
-                result["kn_vs_random_ratio"] = _round(both["d_gold_prob"].mean() / d_random) if d_random else None
-                result["kn_vs_random_ratio_ci"] = _pair(paired_ratio_ci(both["d_gold_prob"], both["d_gold_prob_random"],
+                size_random = both["size_random"].mean()
+                result["kn_vs_random_ratio"] = _round(both["size_kn"].mean() / size_random) if size_random else None
+                result["kn_vs_random_ratio_ci"] = _pair(paired_ratio_ci(both["size_kn"], both["size_random"],
                                                                         resamples, seed)) if both.height > 1 else None
                 result["kn_vs_random_accuracy_ratio"] = (_round(both["d_correct"].mean() / d_random_acc)
                                                          if d_random_acc else None)

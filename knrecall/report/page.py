@@ -1,0 +1,196 @@
+"""The report page: plain HTML with inline CSS, the figures beside it, no scripts from anywhere else.
+
+A small inline script checks, once the page has loaded, that every image decoded, and writes the result into
+`#image-check` (`data-broken` = the number of broken images); the Chromium test reads it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from knrecall import __version__
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #212529; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #dee2e6; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
+th, td { border: 1px solid #dee2e6; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f1f3f5; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #f1f3f5; }
+figcaption { font-size: 0.85em; color: #495057; max-width: 900px; }
+.manifest td { text-align: left; } .note { font-size: 0.9em; color: #495057; }
+nav a { margin-right: 1em; }
+"""
+
+CHECK_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (img) { return !img.complete || img.naturalWidth === 0; });
+  var box = document.getElementById("image-check");
+  box.setAttribute("data-images", String(images.length));
+  box.setAttribute("data-broken", String(broken.length));
+  box.textContent = broken.length ? "broken images: " + broken.map(function (i) { return i.src; }).join(", ")
+                                  : images.length + " images loaded";
+});
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _f(value: Any, ci: Any = None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}f}"
+    if ci:
+        text += f" <small>[{ci[0]:.{digits - 1}f}, {ci[1]:.{digits - 1}f}]</small>"
+    return text
+
+
+def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{_e(src)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _manifest(section: dict[str, Any], run: dict[str, Any], dataset: str) -> str:
+    m = section["manifest"]
+    model = m.get("model", {})
+    libs = ", ".join(f"{k} {v}" for k, v in sorted(m.get("libraries", {}).items()))
+    rows = [["knrecall version", _e(__version__)], ["model", _e(model.get("path"))],
+            ["revision", _e(model.get("revision") or "–")], ["dtype", _e(model.get("dtype"))],
+            ["dataset", _e(dataset)], ["items", _e(m.get("n_items"))],
+            ["parameters fingerprint", f"<code>{_e(run['fingerprint'])}</code> (sha256 of the parameters, below)"],
+            ["libraries", _e(libs)], ["device", _e(m.get("device"))], ["report date", _e(run["date"])]]
+    return _table(["", ""], rows, "manifest")
+
+
+def _table4(section: dict[str, Any]) -> str:
+    rows = []
+    for condition, m in section["recall"].get("conditions", {}).items():
+        rows.append([_e(condition), _e(m.get("n_items")), _f(m.get("accuracy"), m.get("accuracy_ci"))]
+                    + [_f(m.get(k), m.get(f"{k}_ci")) for k in ("TT", "TF", "FT", "FF", "MH", "SC")]
+                    + [_f(m.get(f"delta{h}_mean"), m.get(f"delta{h}_mean_ci")) for h in (1, 2)]
+                    + [_e(m.get("n_no_kns")), _e(m.get("n_undecided"))])
+    return _table(["condition", "n", "accuracy", "TT", "TF", "FT", "FF", "MH", "SC", "Δ1 mean", "Δ2 mean",
+                   "no KNs", "undecided"], rows)
+
+
+def _conflict(section: dict[str, Any]) -> str:
+    rows = []
+    stats = {(r["condition"], r["hop"]): r for r in section["recall_delta_stats"]}
+    for condition, m in section["by_condition"].items():
+        if not condition.startswith("conflict"):
+            continue
+        rows.append([_e(condition), _f(m.get("follows_context")), _f(m.get("follows_memory")),
+                     _f(m.get("follows_neither")), _f(stats.get((condition, 1), {}).get("mean")),
+                     _f(stats.get((condition, 2), {}).get("mean"))])
+    if not rows:
+        return '<p class="note">No conflict condition was answered (answer.conditions).</p>'
+    return _table(["condition", "follows context", "follows memory", "neither", "Δ1 mean", "Δ2 mean"], rows)
+
+
+def _interventions(section: dict[str, Any]) -> str:
+    entry = section["interventions"]
+    if not entry:
+        return '<p class="note">No intervention results.</p>'
+    rows = []
+    for condition, by_name in entry.get("conditions", {}).items():
+        base = by_name.get("base", {})
+        rows.append([_e(condition), "base", _e(base.get("n_items")), _f(base.get("accuracy"), base.get("accuracy_ci")),
+                     "", "", "", "", ""])
+        for name, m in by_name.items():
+            if name == "base":
+                continue
+            r = m.get("random", {})
+            rows.append([_e(condition), _e(name), _e(m.get("n_items")), _f(m.get("accuracy")),
+                         _f(m.get("delta_accuracy"), m.get("delta_accuracy_ci")),
+                         _f(m.get("delta_gold_prob"), m.get("delta_gold_prob_ci")),
+                         _f(r.get("delta_accuracy"), r.get("delta_accuracy_ci")),
+                         _f(r.get("delta_gold_prob"), r.get("delta_gold_prob_ci")),
+                         _f(m.get("kn_vs_random_ratio"), m.get("kn_vs_random_ratio_ci"), 2)])
+    note = (f'<p class="note">Position policy: <code>{_e(entry.get("policy"))}</code>; items intervened on: '
+            f'{_e(entry.get("n_items_intervened"))} of {_e(entry.get("n_items"))}.</p>')
+    return note + _table(["condition", "intervention", "n", "accuracy", "Δ accuracy", "Δ gold p",
+                          "random Δ accuracy", "random Δ gold p", "KN / random (size of Δp)"], rows)
+
+
+def _validation(section: dict[str, Any]) -> str:
+    rows = []
+    for condition, v in (section["recall"].get("validation") or {}).items():
+        rows.append([_e(condition), f"{_f(v.get('sc_shortcut_planted'))} ({_e(v.get('n_shortcut_planted'))})",
+                     f"{_f(v.get('sc_composed'))} ({_e(v.get('n_composed'))})", _ci(v.get("sc_difference_ci")),
+                     _f(v.get("delta1_heldout_bridge")), _f(v.get("delta1_heldout_subject")),
+                     _ci(v.get("delta1_difference_ci")), _f(v.get("delta2_heldout_bridge")),
+                     _f(v.get("delta2_heldout_subject")), _ci(v.get("delta2_difference_ci"))])
+    return _table(["condition", "SC planted (n)", "SC composed (n)", "difference CI", "Δ1 held-out bridge",
+                   "Δ1 held-out subject", "difference CI", "Δ2 held-out bridge", "Δ2 held-out subject",
+                   "difference CI"], rows)
+
+
+def _ci(ci: Any) -> str:
+    return "–" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _attribution(section: dict[str, Any]) -> str:
+    a = section["attribution"]
+    k = a.get("kns_per_fact", {})
+    rows = [["prompts attributed", _e(a.get("prompts_attributed"))], ["facts", _e(a.get("facts"))],
+            ["KNs per fact (mean / median / min / max)",
+             f"{_f(k.get('mean'), None, 1)} / {_e(k.get('median'))} / {_e(k.get('min'))} / {_e(k.get('max'))}"],
+            ["facts without KNs", _e(k.get("facts_without_kns"))],
+            ["completeness error median / p95", f"{_f(a.get('completeness_error_median'), None, 4)} / "
+                                                f"{_f(a.get('completeness_error_p95'), None, 4)}"],
+            ["seconds per prompt", _f(a.get("seconds_per_prompt"), None, 4)]]
+    return _table(["", ""], rows, "manifest")
+
+
+def render_page(sections: list[dict[str, Any]], world: dict[str, Any] | None, params: dict[str, Any], dataset: str,
+                run: dict[str, Any]) -> str:
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>knrecall report</title>"
+             f"<style>{STYLE}</style></head><body>",
+             "<h1>knrecall report</h1>",
+             '<p class="note">Do language models recall the facts behind a two-hop question while they answer it? '
+             "Knowledge neurons (integrated gradients) of each single-hop fact, watched and intervened on during the "
+             "two-hop questions. Definitions: the README.</p>",
+             '<div id="image-check" data-broken="unknown">images not checked yet</div>',
+             "<nav>" + "".join(f'<a href="#model-{_e(s["name"])}">{_e(s["name"])}</a>' for s in sections) + "</nav>"]
+    if len(sections) > 1:
+        rows = []
+        for s in sections:
+            for condition, m in s["recall"].get("conditions", {}).items():
+                rows.append([_e(s["name"]), _e(condition), _f(m.get("accuracy")), _f(m.get("MH"), m.get("MH_ci")),
+                             _f(m.get("SC"), m.get("SC_ci"))])
+        parts += ["<h2>Across models</h2>", _table(["model", "condition", "accuracy", "MH", "SC"], rows)]
+    for s in sections:
+        anchor = f"model-{_e(s['name'])}"
+        figs = dict((src.rsplit("/", 1)[1][:-4], (src, cap)) for src, cap in s["figures"])
+        parts += [f'<h2 id="{anchor}">Model {_e(s["name"])}</h2>', "<h3>Run manifest</h3>", _manifest(s, run, dataset),
+                  "<h3>Accuracy</h3>", _figure(*figs["accuracy"]),
+                  "<h3>Knowledge neurons</h3>", _attribution(s), _figure(*figs["kn_layers"]), _figure(*figs["kn_counts"]),
+                  "<h3>Recall: KN scores per condition</h3>", _figure(*figs["deltas"]),
+                  "<h3>Recall categories (the paper's Table 4 layout)</h3>",
+                  '<p class="note">MH = TT / (TT + FT): correct answers that recalled both hops; SC = FT / (TT + FT): '
+                  "correct answers without recall (shortcuts). Shares with 95 % percentile-bootstrap CIs.</p>",
+                  _table4(s), _figure(*figs["categories"]),
+                  "<h3>Conflicting context</h3>", _conflict(s), _figure(*figs["conflict"]),
+                  "<h3>Interventions</h3>", _interventions(s), _figure(*figs["interventions"])]
+        if s["recall"].get("validation"):
+            parts += ["<h3>Ground-truth validation (the world)</h3>",
+                      '<p class="note">The world knows which items had a planted shortcut sentence and which had to be '
+                      "composed, and which bridges and subjects were held out. SC should be higher on planted-shortcut "
+                      "items than on composed ones if the recall decision detects shortcuts. Differences with "
+                      "independent-groups bootstrap 95 % CIs.</p>", _validation(s)]
+        parts += ["<h3>IG diagnostics</h3>", _figure(*figs["completeness"])]
+    if world:
+        parts += ["<h2>The world model</h2>", f"<pre>{_e(json.dumps(world, indent=2))}</pre>"]
+    parts += ["<h2>Parameters</h2>", f"<pre>{_e(json.dumps(params, indent=2))}</pre>",
+              f"<script>{CHECK_SCRIPT}</script></body></html>"]
+    return "\n".join(parts)
