@@ -190,6 +190,10 @@ def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, 
         for cot in (False, True)
         for start in range(0, sum(q.cot == cot for q in distinct), batch_size)
     ]
+    if distinct:  # every prompt must fit before any work starts (one message, no half-done run)
+        lengths = [len(ids) for ids in tokenizer([q.prompt for q in distinct]).input_ids]
+        longest = max(range(len(distinct)), key=lambda i: lengths[i])
+        check_context(model, lengths[longest] + max_new_tokens, [distinct[longest]])
     for batch in tqdm(batches, desc="answer", unit="batch", file=sys.stderr, mininterval=5):
         stops = stop_token_ids(tokenizer, batch[0].cot)
         enc = tokenizer([q.prompt for q in batch], return_tensors="pt", padding=True).to(device)

@@ -44,7 +44,8 @@ def load_rule_model(payload: dict, args: argparse.Namespace):
     from knrecall.models.load import ModelSpec, load_model
 
     params = parse_params(payload["model"], "--params (model)", ModelParams)
-    spec = ModelSpec(args.model_path or params.path, params.revision, params.dtype, params.trust_remote_code)
+    spec = ModelSpec(args.model_path or params.path, params.revision, params.dtype, params.trust_remote_code,
+                     params.allow_pickle)
     return (spec, *load_model(spec, args.device))
 
 
@@ -263,7 +264,7 @@ def cmd_attribute_prompt(args: argparse.Namespace) -> None:
     from knrecall.targets import teacher_forced_contexts
 
     set_threads(args.threads)
-    spec = ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code)
+    spec = ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code, args.allow_pickle)
     model, tokenizer = load_model(spec, args.device)
     prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, args.prompt, args.answer)
     adapter = adapter_for(model)
@@ -419,7 +420,8 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
             raise KnrecallError(f"--neuron '{text}': expected LAYER:INDEX, e.g. 3:117")
         neurons.setdefault(int(match[1]), []).append(int(match[2]))
     set_threads(args.threads)
-    model, tokenizer = load_model(ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code), args.device)
+    model, tokenizer = load_model(ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code,
+                                            args.allow_pickle), args.device)
     prompt_ids = prompt_input_ids(tokenizer, args.prompt)
     gold = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if args.cot else args.prompt, args.gold)[0]
     stops = stop_token_ids(tokenizer, args.cot)
@@ -573,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="fast", choices=["fast", "naive"])
     p.add_argument("--revision")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (if you trust it)")
+    p.add_argument("--allow-pickle", action="store_true", help="load pickled weights (if you trust the files)")
     p.add_argument("--max-rows", type=int, default=256, help="IG rows per batch (fast engine)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -641,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--revision")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (if you trust it)")
+    p.add_argument("--allow-pickle", action="store_true", help="load pickled weights (if you trust the files)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_intervene_prompt)

@@ -82,6 +82,8 @@ class ModelParams(Strict):
     revision: str | None = Field(None, description="Hub revision (commit, tag or branch); recorded in outputs.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (changes results, so it is science).")
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (off unless you trust it).")
+    allow_pickle: bool = Field(False, description="Allow pickled weights (pytorch_model.bin, *.pt) when there are no "
+                               "safetensors; unpickling can run code, so off unless you trust the files.")
 
 
 Condition = Literal["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"]

@@ -8,7 +8,8 @@ import pytest
 from knrecall.cli import build_parser
 
 COMMANDS = [[], ["world"], ["world", "generate"], ["world", "train"], ["world", "metrics"], ["data"], ["data", "import"],
-            ["answer"], ["schema"], ["check-params"]]
+            ["answer"], ["attribute"], ["select-kns"], ["attribute-prompt"], ["measure"], ["recall"], ["intervene"],
+            ["intervention-summary"], ["intervene-prompt"], ["report"], ["tables"], ["schema"], ["check-params"]]
 
 
 def run(*args):
@@ -17,7 +18,8 @@ def run(*args):
 
 def test_top_level_help_lists_every_subcommand():
     out = run("--help").stdout
-    for name in ("world", "data", "answer", "schema", "check-params"):
+    for name in ("world", "data", "answer", "attribute", "measure", "recall", "intervene", "report", "tables", "schema",
+                 "check-params"):
         assert f"    {name}" in out
 
 

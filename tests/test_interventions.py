@@ -273,3 +273,13 @@ def test_intervene_rejects_a_shard_outside_the_shard_count(tmp_path, knrecall_cm
                                             json.dumps(params), "--shard", "0", "--out", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "key 'position_policy'" in result.stderr and not out.exists()
+
+
+def test_statistics_do_not_depend_on_row_order():
+    n = 30
+    rows = _rows([i % 3 != 0 for i in range(n)], [i % 2 == 0 for i in range(n)], [0.1 * (i % 7) for i in range(n)],
+                 [0.05 * (i % 5) for i in range(n)], [[i % 4 != 0, True] for i in range(n)],
+                 [[0.3, 0.01 * i] for i in range(n)])
+    first = analyse_interventions(rows, n, 300, 0)
+    for seed in range(3):
+        assert analyse_interventions(rows.sample(fraction=1.0, shuffle=True, seed=seed), n, 300, 0) == first

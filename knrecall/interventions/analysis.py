@@ -35,7 +35,9 @@ def _pair(ci: tuple[float | None, float | None]) -> list[float] | None:
 
 def _per_item(rows: pl.DataFrame) -> pl.DataFrame:
     """case_id, correct, gold_prob: per item, averaged over control seeds (a no-op for base and KN rows)."""
-    return rows.group_by("case_id").agg(pl.col("correct").cast(pl.Float64).mean(), pl.col("gold_prob").cast(pl.Float64).mean())
+    return (rows.group_by("case_id").agg(pl.col("correct").cast(pl.Float64).mean(),
+                                         pl.col("gold_prob").cast(pl.Float64).mean())
+            .sort("case_id"))  # a fixed row order: the seeded bootstrap resamples by position
 
 
 def _changes(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
@@ -50,7 +52,8 @@ def _abs_change(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
     """case_id, size_random: per item, the mean over control seeds of |gold_prob − the base gold_prob|."""
     return (rows.select("case_id", pl.col("gold_prob").cast(pl.Float64)).join(base.select("case_id", "gold_prob"),
                                                                                on="case_id", suffix="_base")
-            .group_by("case_id").agg((pl.col("gold_prob") - pl.col("gold_prob_base")).abs().mean().alias("size_random")))
+            .group_by("case_id").agg((pl.col("gold_prob") - pl.col("gold_prob_base")).abs().mean().alias("size_random"))
+            .sort("case_id"))
 
 
 def _effect(changes: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
@@ -89,7 +92,8 @@ def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed
                 control = _changes(random_rows, base)
                 size = _abs_change(random_rows, base)  # per item: mean over seeds of |Δ gold prob|
                 both = (kn.join(control.select("case_id", "d_correct", "d_gold_prob"), on="case_id", suffix="_random")
-                        .join(size, on="case_id").with_columns(pl.col("d_gold_prob").abs().alias("size_kn")))
+                        .join(size, on="case_id").with_columns(pl.col("d_gold_prob").abs().alias("size_kn"))
+                        .sort("case_id"))
                 d_random_acc = both["d_correct_random"].mean()
                 result["random"] = {**_effect(control, resamples, seed),
                                     "seeds": random_rows["control_seed"].n_unique()}

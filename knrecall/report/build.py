@@ -105,7 +105,8 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
     threshold_label = ("the median over facts of each fact's null-distribution quantile"
                        if recall_params.get("threshold", "null") == "null" else f"τ = {recall_params.get('tau')}")
     captions["deltas"] = figures.delta_distributions(recall, figs / "deltas.png",
-                                                     f"results/recall/{name}/recall.parquet", threshold_label)
+                                                     f"results/recall/{name}/recall.parquet", threshold_label,
+                                                     order=list(by_condition))
     captions["categories"] = figures.categories(recall_metrics.get("conditions", {}), figs / "categories.png",
                                                 "results/metrics/recall.json")
     captions["conflict"] = figures.conflict(by_condition, figs / "conflict.png", f"results/predictions/{name}.parquet")

@@ -74,9 +74,11 @@ def kn_counts(per_fact: pl.Series, path: Path, source: str) -> str:
     return f"Refined knowledge neurons per fact ({per_fact.len()} facts). Source: {source}."
 
 
-def delta_distributions(recall: pl.DataFrame, path: Path, source: str, threshold_label: str) -> str:
-    """`recall`: condition, hop, delta, threshold (the recall.parquet rows)."""
-    conditions = recall["condition"].unique(maintain_order=True).to_list()
+def delta_distributions(recall: pl.DataFrame, path: Path, source: str, threshold_label: str,
+                        order: list[str] | None = None) -> str:
+    """`recall`: condition, hop, delta, threshold (the recall.parquet rows); `order`: the conditions' order."""
+    present = recall["condition"].unique(maintain_order=True).to_list()
+    conditions = [c for c in order or [] if c in present] + [c for c in present if c not in (order or [])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, hop in zip(axes, (1, 2)):
         rows = recall.filter((pl.col("hop") == hop) & pl.col("delta").is_not_null())

@@ -1,0 +1,135 @@
+"""Bad inputs, each through the command line as a user meets it: one line naming the cause, exit 2, no output file.
+
+`python tests/test_bad_inputs.py` prints every case with the message it gives (for the documentation).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, too
+from tiny_models import tiny_model  # noqa: E402
+
+from knrecall.world.tokenizer import build_tokenizer  # noqa: E402
+
+GOOD = {"case_id": "c1", "two_hop": "Where is the capital of X?", "fact1_query": ["What is X?"], "fact1_ans": "Y",
+        "fact2_query": ["Where is Y?"], "fact2_ans": "Z"}
+WORDS = "Q: A: What is X Y Z Where the capital of ? a b c".split()
+
+
+def _tiny(folder: Path, family: str = "llama") -> Path:
+    if family == "llama":
+        model = tiny_model("llama")
+    else:
+        config = AutoConfig.for_model(family, vocab_size=64, hidden_size=32, n_layer=2, n_head=4,
+                                      pad_token_id=0, bos_token_id=2, eos_token_id=3)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    build_tokenizer([" ".join(WORDS)]).save_pretrained(folder)
+    return folder
+
+
+def _dataset(tmp: Path, records) -> Path:
+    path = tmp / "data.json"
+    path.write_text(records if isinstance(records, str) else json.dumps(records))
+    return path
+
+
+def _items(tmp: Path, two_hop: str = GOOD["two_hop"]) -> Path:
+    from knrecall.data.items import Item, write_items
+
+    path = tmp / "items.parquet"
+    write_items([Item("c1", "tfrkn", two_hop, ["What is X?"], "Y", ["Where is Y?"], "Z")], path)
+    return path
+
+
+def _answer_params(model: str) -> str:
+    return json.dumps({"answer": {"conditions": ["direct"], "max_new_tokens": 2},
+                       "prompts": {"direct": "Q: {question} A:"}, "model": {"path": model}, "seed": 0})
+
+
+def _params_file(tmp: Path, text: str) -> Path:
+    path = tmp / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+# name -> builder(tmp) returning (argv, output path, expected part of the message)
+CASES = {
+    "malformed JSON": lambda t: (["data", "import", "--input", str(_dataset(t, "[{\"case_id\": ")),
+                                  "--out", str(t / "out.parquet")], t / "out.parquet", "not valid JSON"),
+    "missing field": lambda t: (["data", "import", "--input", str(_dataset(t, [{k: v for k, v in GOOD.items()
+                                                                               if k != "fact2_ans"}])),
+                                 "--out", str(t / "out.parquet")], t / "out.parquet", "field 'fact2_ans'"),
+    "empty paraphrase list": lambda t: (["data", "import", "--input", str(_dataset(t, [{**GOOD, "fact1_query": []}])),
+                                        "--out", str(t / "out.parquet")], t / "out.parquet", "field 'fact1_query'"),
+    "duplicated case ids": lambda t: (["data", "import", "--input", str(_dataset(t, [GOOD, {**GOOD, "fact2_ans": "W"}])),
+                                      "--out", str(t / "out.parquet")], t / "out.parquet", "duplicate case_id 'c1'"),
+    "answer that tokenizes to nothing": lambda t: (
+        ["attribute-prompt", "--model", str(_tiny(t / "m")), "--prompt", "Q: What is X ? A:", "--answer", "  ",
+         "--out", str(t / "map.parquet")], t / "map.parquet", "the answer tokenizes to nothing"),
+    "prompt longer than the model's context": lambda t: (
+        ["answer", "--items", str(_items(t, "What is X ? " * 20)), "--params", _answer_params(str(_tiny(t / "m"))),
+         "--out", str(t / "p.parquet")], t / "p.parquet", "more than the model's context of 64"),
+    "unknown model family": lambda t: (
+        ["attribute-prompt", "--model", str(_tiny(t / "bloom", "bloom")), "--prompt", "Q: What is X ? A:",
+         "--answer", "Y", "--out", str(t / "map.parquet")], t / "map.parquet", "model family 'bloom' is not supported"),
+    "missing model path": lambda t: (
+        ["answer", "--items", str(_items(t)), "--params", _answer_params("/nonexistent/model"),
+         "--out", str(t / "p.parquet")], t / "p.parquet", "model /nonexistent/model: no such directory"),
+    "model folder without weights": lambda t: (
+        ["answer", "--items", str(_items(t)), "--params", _answer_params(str(_config_only(t / "m"))),
+         "--out", str(t / "p.parquet")], t / "p.parquet", "no weights in the folder"),
+    "invalid params type": lambda t: (["check-params", str(_params_file(t, "world:\n  people: lots\n"))], None,
+                                      "key 'world.people'"),
+    "unknown param key": lambda t: (["check-params", str(_params_file(t, "colour: blue\n"))], None,
+                                    "unknown key 'colour'"),
+    "shard count 0": lambda t: (["check-params", str(_params_file(t, "attribution:\n  shards: 0\n"))], None,
+                                "key 'attribution.shards'"),
+    "params that are not JSON": lambda t: (
+        ["answer", "--items", str(_items(t)), "--params", "{answer:", "--out", str(t / "p.parquet")], t / "p.parquet",
+        "--params for answer: not valid JSON"),
+    "dataset file missing": lambda t: (["data", "import", "--input", str(t / "nope.json"), "--out",
+                                        str(t / "out.parquet")], t / "out.parquet", "nope.json: file not found"),
+}
+
+
+def _config_only(folder: Path) -> Path:
+    tiny_model("llama").config.save_pretrained(folder)
+    return folder
+
+
+def _run(argv):
+    return subprocess.run([sys.executable, "-m", "knrecall", *argv], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_and_no_output(case, tmp_path):
+    argv, output, expected = CASES[case](tmp_path)
+    result = _run(argv)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("knrecall: error: "), result.stderr
+    assert expected in lines[0]
+    if output is not None:
+        assert not output.exists() and not list(output.parent.glob(f".{output.name}.*"))  # nor a temporary file
+
+
+def test_the_matrix_covers_at_least_twelve_cases():
+    assert len(CASES) >= 12
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    for name, build in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _run(build(Path(tmp))[0])
+            print(f"- {name}: exit {result.returncode}: `{result.stderr.strip()}`")
