@@ -446,6 +446,30 @@ def cmd_report(args: argparse.Namespace) -> None:
     logging.info("report -> %s", path)
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from knrecall.attribution.cost import PRESETS, estimate, shape_from_config
+
+    rows = []
+    for name in args.models:
+        if name in PRESETS:
+            config = PRESETS[name]
+        else:
+            path = Path(name).expanduser() / "config.json"
+            if not path.exists():
+                raise KnrecallError(f"--models: '{name}' is neither a preset ({', '.join(PRESETS)}) nor a folder "
+                                    "with a config.json")
+            config = json.loads(path.read_text())
+        result = estimate(shape_from_config(config), args.prompts, args.prompt_len, args.answer_len, args.steps,
+                          args.max_rows, args.dtype, args.tflops)
+        rows.append(f"| {name} | {result['parameters_billion']:.1f} | {result['tflop_per_prompt']:.2f} | "
+                    f"{result['seconds_per_prompt']:.3f} | {result['hours']:.1f} | {result['memory_gib']:.1f} |")
+    print(f"attribution of {args.prompts} prompts ({args.prompt_len} prompt + {args.answer_len} answer tokens, "
+          f"{args.steps} steps, max_rows {args.max_rows}, {args.dtype}) at an effective {args.tflops:g} TFLOP/s:\n")
+    print("| model | parameters (B) | TFLOP per prompt | s per prompt | hours | memory bound (GiB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from knrecall.tables import intervention_table, recall_table, validation_table
 
@@ -657,6 +681,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="world", help="a description of the dataset (shown in the manifest)")
     p.add_argument("--out-dir", required=True, help="the report folder (index.html, figures/, data/)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("estimate", help="attribution time and memory from the engine's cost model (no model loaded)")
+    p.add_argument("--models", nargs="+", default=["llama2-7b", "llama3-8b", "mistral-7b"],
+                   help="presets (llama2-7b, llama3-8b, mistral-7b) or local checkpoint folders")
+    p.add_argument("--prompts", type=int, default=10000, help="single-hop prompts to attribute")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--answer-len", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--max-rows", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--tflops", type=float, default=100.0,
+                   help="effective matrix-multiply rate of your device (TFLOP/s); benchmarks/ measures it")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("tables", help="print the recall (Table-4 layout), validation and intervention tables")
     p.add_argument("--metrics", default="results/metrics", help="the folder with recall.json / interventions.json")

@@ -41,6 +41,20 @@ def test_dry_run_of_the_default_params_plans_every_rule(tmp_path):
     assert scheduled_jobs(result.stdout) == {rule: 2 if rule in ("attribute", "intervene") else 1 for rule in ALL_RULES}
 
 
+def test_paper_params_plan_three_models_side_by_side(tmp_path):
+    project = copy_workflow(tmp_path / "proj", params={})
+    shutil.copy2(ROOT / "params.paper.yaml", project / "params.yaml")
+    (project / "data").mkdir()
+    shutil.copy2(ROOT / "tests" / "fixtures" / "tfrkn_real.json", project / "data" / "tfrkn.json")
+    result = snakemake(project, "-n")
+    per_model = {"answer": 1, "attribute": 2, "select_kns": 1, "measure": 1, "recall": 1, "intervene": 2,
+                 "intervention_summary": 1}
+    once = {"import_items": 1, "attribution_metrics": 1, "recall_metrics": 1, "intervention_metrics": 1, "report": 1}
+    assert scheduled_jobs(result.stdout) == {**{rule: 3 * n for rule, n in per_model.items()}, **once}
+    for name in ("llama2-7b", "llama3-8b", "mistral-7b"):
+        assert f"results/report/figures/{name}/accuracy.png" in result.stdout
+
+
 def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
     project = copy_workflow(tmp_path / "proj")
     edit_params(project, "world", "people", "lots")
