@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/attribution.py [--quick] [--world-model results/models/world]
         [--items results/items.parquet] [--threads N] [--steps 20] [--max-rows 256] [--prompts 3]
+        [--device cpu|cuda] [--dtype float32|bfloat16] [--shape full|quick|llama2-7b] [--lengths 64 256] [--no-world]
+
+On a GPU (`benchmarks/gpu_check.sh`): `--device cuda --dtype bfloat16 --shape llama2-7b --lengths 64 256 --no-world`
+builds the random model directly on the GPU in bf16, synchronizes the device around every timed call, and measures
+the device's bf16 matrix-multiply rate (8192^3) instead of the CPU's fp32 rate.
 
 Cases
 - world: the trained world model (a local `save_pretrained` dir, produced by `make demo`) on its first few real
@@ -74,6 +79,9 @@ FULL_RANDOM = dict(hidden_size=768, num_hidden_layers=12, intermediate_size=3072
                    num_key_value_heads=12, vocab_size=32000)
 QUICK_RANDOM = dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512, num_attention_heads=4,
                     num_key_value_heads=4, vocab_size=1000)
+LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=32000)
+SHAPES = {"full": FULL_RANDOM, "quick": QUICK_RANDOM, "llama2-7b": LLAMA2_7B}
 FULL_LENGTHS = (16, 64, 256)
 QUICK_LENGTHS = (16, 32)
 NAIVE_ONE_PROMPT_FROM = 256  # prompt length from which the naive reference is timed on one prompt only
@@ -100,22 +108,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-rows", type=int, default=256, help="the engine's rows per batch")
     p.add_argument("--prompts", type=int, default=None, help="prompts per case (default 3; 2 with --quick)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the random model's dtype")
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="the random model's shape")
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="prompt lengths of the random model")
+    p.add_argument("--no-world", action="store_true", help="skip the world model case")
     return p.parse_args(argv)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 # --- measurement ---------------------------------------------------------------------------------------------
 
 
-def matmul_gflops(n: int = MATMUL_N, reps: int = 5) -> float:
-    """This machine's fp32 matrix-multiply rate: torch.mm of two n x n matrices, median of `reps` after a warm-up."""
+def matmul_gflops(n: int = MATMUL_N, reps: int = 5, device: str = "cpu", dtype=torch.float32) -> float:
+    """The device's matrix-multiply rate in `dtype`: torch.mm of two n x n matrices, median of `reps` after a
+    warm-up."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     torch.mm(a, b)
+    sync(device)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -155,12 +176,14 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def timed(fn, prompts: list[Prompt]) -> tuple[list[float], list]:
+def timed(fn, prompts: list[Prompt], device: str = "cpu") -> tuple[list[float], list]:
     """Seconds of each prompt, and the results."""
     results, seconds = [], []
     for prompt in prompts:
+        sync(device)
         start = time.perf_counter()
         results.append(fn(prompt.prompt_ids, prompt.answer_ids))
+        sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds, results
 
@@ -170,12 +193,14 @@ def run_case(name: str, model, adapter, prompts: list[Prompt], steps: int, max_r
     answer_len = statistics.mean(len(p.answer_ids) for p in prompts)
     naive_prompts = prompts[:1] if prompt_len >= NAIVE_ONE_PROMPT_FROM else prompts
     log(f"[{name} len {prompt_len:g}] engine on {len(prompts)} prompt(s) ...")
+    device = str(next(model.parameters()).device)
     engine_each, fast = timed(lambda p, a: attribute_prompt(model, adapter, p, a, steps=steps, max_rows=max_rows),
-                           prompts)
+                              prompts, device)
     log(f"[{name} len {prompt_len:g}] naive on {len(naive_prompts)} prompt(s) ...")
-    naive_each, slow = timed(lambda p, a: attribute_prompt_naive(model, adapter, p, a, steps=steps), naive_prompts)
+    naive_each, slow = timed(lambda p, a: attribute_prompt_naive(model, adapter, p, a, steps=steps), naive_prompts,
+                             device)
     engine_s, naive_s = statistics.mean(engine_each), statistics.mean(naive_each)
-    diff = max(relative_difference(f.attributions, s.attributions) for f, s in zip(fast, slow))
+    diff = max(relative_difference(f.attributions.float().cpu(), s.attributions.float().cpu()) for f, s in zip(fast, slow))
     flops = statistics.mean(engine_flops(model, adapter, len(p.prompt_ids), len(p.answer_ids), steps) for p in prompts)
     gflops = flops / engine_s / 1e9
     return {
@@ -241,11 +266,19 @@ def world_cases(args, steps: int, n_prompts: int, matmul: float, notes: list[str
 def random_cases(args, steps: int, n_prompts: int, matmul: float) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    shape = QUICK_RANDOM if args.quick else FULL_RANDOM
-    lengths = QUICK_LENGTHS if args.quick else FULL_LENGTHS
+    shape = SHAPES[args.shape or ("quick" if args.quick else "full")]
+    lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     torch.manual_seed(args.seed)
     config = LlamaConfig(**shape, max_position_embeddings=max(2048, max(lengths) + 8))
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    dtype = getattr(torch, args.dtype)
+    with torch.device(args.device):  # built where it runs: a 7B model never passes through host memory in fp32
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
+    model = model.eval()
     model.requires_grad_(False)
     adapter = adapter_for(model)
     name = f"random-llama-h{shape['hidden_size']}-L{shape['num_hidden_layers']}"
@@ -290,15 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     notes: list[str] = []
 
-    log(f"measuring torch.mm {MATMUL_N}x{MATMUL_N} fp32 with {threads} thread(s) ...")
-    matmul = matmul_gflops()
-    cases = world_cases(args, steps, n_prompts, matmul, notes)
+    on_gpu = args.device.startswith("cuda")
+    n = 8192 if on_gpu else MATMUL_N
+    log(f"measuring torch.mm {n}x{n} {args.dtype} on {args.device} ...")
+    matmul = matmul_gflops(n, device=args.device, dtype=getattr(torch, args.dtype))
+    cases = [] if args.no_world else world_cases(args, steps, n_prompts, matmul, notes)
     cases += random_cases(args, steps, n_prompts, matmul)
 
     print(f"attribution benchmark: engine vs naive reference ({'quick' if args.quick else 'full'})")
     print(f"torch {torch.__version__}, {threads} thread(s), {platform.processor() or platform.machine()}; "
           f"IG steps {steps}, rule gauss_legendre, target prob, max_rows {args.max_rows}")
-    print(f"fp32 matmul ({MATMUL_N}^3, torch.mm): {matmul:.2f} GFLOP/s")
+    print(f"{args.dtype} matmul ({n}^3, torch.mm on {args.device}): {matmul:.2f} GFLOP/s")
     for note in notes:
         print(f"note: {note}")
     print("seconds are per prompt; speed-up = naive / engine; max rel diff = max|engine - naive| / max|naive|")
@@ -310,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "max_rows": args.max_rows,
         "matmul_gflops": matmul,
+        "device": args.device,
+        "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name() if on_gpu else None,
         "notes": notes,
         "cases": cases,
     }
