@@ -283,3 +283,17 @@ def test_statistics_do_not_depend_on_row_order():
     first = analyse_interventions(rows, n, 300, 0)
     for seed in range(3):
         assert analyse_interventions(rows.sample(fraction=1.0, shuffle=True, seed=seed), n, 300, 0) == first
+
+
+def test_an_impossible_random_control_is_skipped_and_counted(caplog):
+    from knrecall.interventions.run import Intervention, neurons_for
+
+    sets = {"hop1": [(0, i) for i in range(3)], "hop2": [(0, 3)], "both": [(0, i) for i in range(4)]}
+    control = Intervention("random_suppress_hop1", "random", "hop1", 0.0, 0)
+    assert neurons_for(control, "c1", sets, width=6, model_name="m") == []  # 2 free neurons, 3 needed
+    assert "no random control for item c1" in caplog.text
+    assert len(neurons_for(control, "c1", sets, width=8, model_name="m")) == 3
+    rows = _rows([True] * 4, [False] * 4, [0.9] * 4, [0.1] * 4, [[True]] * 4, [[0.8]] * 4)
+    rows = rows.filter(~((pl.col("case_id") == "c000") & (pl.col("kind") == "random")))
+    kn = analyse_interventions(rows, 4, 200, 0)["conditions"]["direct"]["suppress_hop1"]
+    assert kn["n_items"] == 4 and kn["random"]["n_items"] == 3 and kn["n_items_without_control"] == 1

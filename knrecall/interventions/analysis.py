@@ -96,7 +96,9 @@ def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed
                         .sort("case_id"))
                 d_random_acc = both["d_correct_random"].mean()
                 result["random"] = {**_effect(control, resamples, seed),
-                                    "seeds": random_rows["control_seed"].n_unique()}
+                                    "seeds": random_rows["control_seed"].n_unique(),
+                                    "n_items": control.height}
+                result["n_items_without_control"] = kn.height - both.height
                 size_random = both["size_random"].mean()
                 result["kn_vs_random_ratio"] = _round(both["size_kn"].mean() / size_random) if size_random else None
                 result["kn_vs_random_ratio_ci"] = _pair(paired_ratio_ci(both["size_kn"], both["size_random"],

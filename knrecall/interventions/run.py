@@ -9,7 +9,9 @@ Per item and prompt condition (the prompts are the answering phase's own, `knrec
   of random neurons per layer, never one of the item's KNs (`knrecall.interventions.controls`).
 
 All at one position policy (`knrecall.interventions.generate`), recorded in every row. An item whose KN set for a
-target is empty has no rows for that target (nothing to scale); the analysis counts such items.
+target is empty has no rows for that target (nothing to scale); the analysis counts such items. A random control
+that cannot be drawn (a layer with fewer neurons outside the item's KNs than the KN set has there: only with very
+narrow FFNs) has no rows either; it is logged, and the analysis counts the items without a control.
 
 Per row: the generation, its answer span and correctness (the answering phase's rules), and `gold_prob`, the
 probability of the gold answer's first token at the step that produced the answer span's first token (the first
@@ -131,13 +133,19 @@ def item_kn_sets(items: list[Item], refined: dict[str, list[Neuron]]) -> dict[st
 
 def neurons_for(intervention: Intervention, case_id: str, kn_sets: dict[str, list[Neuron]], width: int,
                 model_name: str) -> list[Neuron]:
+    """The neurons to scale; [] when there is nothing to scale (no KNs for the target, or, for a random control,
+    too few neurons outside the item's KNs in some layer: only possible with very narrow FFNs)."""
     if intervention.kind == "base":
         return []
     kns = kn_sets.get(intervention.target, [])
     if intervention.kind == "kn" or not kns:
         return kns
     key = f"{model_name}:{case_id}:{intervention.target}:{intervention.control_seed}"
-    return random_control(kns, kn_sets["both"], width, key)
+    try:
+        return random_control(kns, kn_sets["both"], width, key)
+    except KnrecallError as exc:
+        log.warning("no random control for item %s, %s: %s", case_id, intervention.name, exc)
+        return []
 
 
 def answer_step(tokenizer, generated_ids: list[int], generation: str, span: str) -> int:
