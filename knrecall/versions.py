@@ -11,6 +11,6 @@ IMPLEMENTATION = {
     "kns": 1,
     "measure": 1,
     "recall": 1,
-    "interventions": 1,
+    "interventions": 2,
     "report": 1,
 }
