@@ -431,7 +431,7 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
                                  policy=args.policy, gold_ids=[gold], pad_id=tokenizer.pad_token_id)[0]
         generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
         span = extract_span(generation, args.cot)
-        prob = result.gold_probs[answer_step(tokenizer, result.generated_ids, generation, span)]
+        prob = result.gold_probs[answer_step(tokenizer, result.generated_ids, generation, span, args.cot)]
         what = "" if factor == 1.0 else f" (x{factor:g} on {sum(map(len, neurons.values()))} neurons, {args.policy})"
         print(f"{label} intervention{what}: answer {span!r}, P(gold first token) = {prob:.4f}; generation {generation!r}")
 

@@ -86,6 +86,9 @@ def test_answer_step_locates_the_span_after_the_marker():
     assert answer_step(tok, ids, generation, "France") == ids.index(tok.convert_tokens_to_ids("France"))
     assert answer_step(tok, ids, generation, "Paris") == 0
     assert answer_step(tok, ids, generation, "") == len(ids) - 1
+    twice = tok("Paris Paris .", add_special_tokens=False).input_ids
+    text = tok.decode(twice, skip_special_tokens=True)
+    assert answer_step(tok, twice, text, "Paris", cot=False) == 0 and answer_step(tok, twice, text, "Paris") == 1
 
 
 def _rows(correct_base, correct_kn, prob_base, prob_kn, random_correct, random_prob):

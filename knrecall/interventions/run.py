@@ -148,11 +148,12 @@ def neurons_for(intervention: Intervention, case_id: str, kn_sets: dict[str, lis
         return []
 
 
-def answer_step(tokenizer, generated_ids: list[int], generation: str, span: str) -> int:
-    """The index of the generated token that starts the answer span (the last token for an empty span)."""
+def answer_step(tokenizer, generated_ids: list[int], generation: str, span: str, cot: bool = True) -> int:
+    """The index of the generated token that starts the answer span (the last token for an empty span): the span's
+    last occurrence for chain of thought (it follows the last "So the answer is"), its first otherwise."""
     if not generated_ids:
         return 0
-    start = generation.rfind(span) if span else -1
+    start = (generation.rfind(span) if cot else generation.find(span)) if span else -1
     if start < 0:
         return len(generated_ids) - 1
     for k in range(1, len(generated_ids) + 1):
@@ -201,7 +202,7 @@ def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokeni
                 for (p, neurons), result in zip(batch, results):
                     generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
                     span = extract_span(generation, cot)
-                    step = answer_step(tokenizer, result.generated_ids, generation, span)
+                    step = answer_step(tokenizer, result.generated_ids, generation, span, cot)
                     rows.append({
                         "case_id": p.item.case_id, "condition": condition, "intervention": intervention.name,
                         "kind": intervention.kind, "target": intervention.target, "factor": intervention.factor,
