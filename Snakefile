@@ -22,6 +22,10 @@ include: "rules/interventions.smk"
 include: "rules/report.smk"
 
 
+onsuccess:
+    remove_stale_shards()
+
+
 rule all:
     default_target: True
     input:

@@ -1,4 +1,5 @@
 # Helpers and config validation shared by every rule file.
+import glob
 import json
 import os
 import sys
@@ -73,6 +74,19 @@ def intervention_shard_files(model):
     return [
         f"{RESULTS}/interventions/{model}/shard-{index:04d}.parquet" for index in range(PARAMS.interventions.shards)
     ]
+
+
+def remove_stale_shards():
+    """Delete shard files left by an earlier run with more shards (no rule writes them any longer), so that
+    results/ and what DVC versions hold only the current shards. Called once a run has succeeded."""
+    for model in MODELS:
+        keep = set(shard_files(model, "parquet") + shard_files(model, "layers.parquet"))
+        keep |= set(intervention_shard_files(model))
+        for phase in ("attribution", "interventions"):
+            for path in sorted(glob.glob(f"{RESULTS}/{phase}/{model}/shard-*.parquet")):
+                if path not in keep:
+                    os.remove(path)
+                    print(f"knrecall: removed {path} (a shard of an earlier run with more shards)", file=sys.stderr)
 
 
 def metrics_files():

@@ -246,10 +246,27 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _shard_dependent_outputs(results: Path) -> dict:
+    """What must not depend on the shard counts: KN sets (sorted), recall rows and metrics, intervention rows."""
+    keys = ["fact_id", "level", "paraphrase", "layer", "neuron"]
+    order = ["case_id", "condition", "intervention", "control_seed"]
+    return {
+        "kns": pl.read_parquet(results / "kns" / "world.parquet").sort(keys, nulls_last=True),
+        "recall": pl.read_parquet(results / "recall" / "world" / "recall.parquet"),
+        "recall.json": json.loads((results / "metrics" / "recall.json").read_text()),
+        "interventions": pl.concat([pl.read_parquet(p) for p in sorted((results / "interventions" / "world")
+                                                                         .glob("shard-*.parquet"))])
+                           .sort(order, nulls_last=True),
+        "attribution_shards": len(list((results / "attribution" / "world").glob("shard-*.layers.parquet"))),
+        "intervention_shards": len(list((results / "interventions" / "world").glob("shard-*.parquet"))),
+    }
+
+
 def test_same_seed_same_outputs_and_shard_counts_do_not_matter(tiny_run, tmp_path):
-    """A second run with the same seed but 4 attribution and 4 intervention shards: the world, the trained model
-    and the answers are byte-identical, the KN sets and recall results equal, the interventions equal (up to float
-    rounding of gold_prob, as other batch compositions round differently)."""
+    """A second run with the same seed but 4 attribution and 4 intervention shards, then the same project with 1 and
+    1 (only the sharded phases rerun; the 4-shard files are removed): the world, the trained model and the answers are byte-identical to the tiny
+    run's (2 and 2 shards); the KN sets, recall rows and recall metrics are equal for 1, 2 and 4 shards; the
+    intervention rows too (up to float rounding of gold_prob, as other batch compositions round differently)."""
     other = copy_workflow(tmp_path / "proj4")
     edit_params(other, "attribution", "shards", 4)
     edit_params(other, "interventions", "shards", 4)
@@ -257,20 +274,28 @@ def test_same_seed_same_outputs_and_shard_counts_do_not_matter(tiny_run, tmp_pat
     a, b = tiny_run / "results", other / "results"
     for path in ("world/corpus.jsonl", "world/items.json", "models/world/model.safetensors"):
         assert (a / path).read_bytes() == (b / path).read_bytes(), path
-    for path in ("items.parquet", "predictions/world.parquet", "recall/world/recall.parquet"):
+    for path in ("items.parquet", "predictions/world.parquet"):
         assert pl.read_parquet(a / path).equals(pl.read_parquet(b / path)), path
-    keys = ["fact_id", "level", "paraphrase", "layer", "neuron"]
-    kns_a, kns_b = (pl.read_parquet(r / "kns" / "world.parquet").sort(keys, nulls_last=True) for r in (a, b))
-    assert kns_a.select(keys).equals(kns_b.select(keys))
-    assert (kns_a["attribution"] - kns_b["attribution"]).abs().max() < 1e-5
-    assert len(list((b / "interventions" / "world").glob("shard-*.parquet"))) == 4
-    order = ["case_id", "condition", "intervention", "control_seed"]
-    rows_a, rows_b = (pl.concat([pl.read_parquet(p) for p in sorted((r / "interventions" / "world").glob("shard-*"))])
-                      .sort(order, nulls_last=True) for r in (a, b))
-    assert rows_a.drop("gold_prob").equals(rows_b.drop("gold_prob"))
-    assert (rows_a["gold_prob"] - rows_b["gold_prob"]).abs().max() < 1e-5
-    recall_a, recall_b = (json.loads((r / "metrics" / "recall.json").read_text()) for r in (a, b))
-    assert recall_a == recall_b
+    by_shards = {2: _shard_dependent_outputs(a), 4: _shard_dependent_outputs(b)}
+    edit_params(other, "attribution", "shards", 1)
+    edit_params(other, "interventions", "shards", 1)
+    rerun = snakemake(other)
+    assert "rule train_world_model" not in rerun.stdout + rerun.stderr
+    # the shards 0001-0003 of the 4-shard run are removed once the 1-shard run succeeds (not left for DVC to version)
+    assert "results/attribution/world/shard-0003.layers.parquet (a shard of an earlier run" in rerun.stderr
+    assert "results/interventions/world/shard-0001.parquet (a shard of an earlier run" in rerun.stderr
+    by_shards[1] = _shard_dependent_outputs(b)
+    reference = by_shards[2]
+    for shards, outputs in by_shards.items():
+        assert outputs["attribution_shards"] == outputs["intervention_shards"] == shards
+        kns = outputs["kns"]
+        assert kns.drop("attribution").equals(reference["kns"].drop("attribution")), shards
+        assert (kns["attribution"] - reference["kns"]["attribution"]).abs().max() < 1e-5, shards
+        assert outputs["recall"].equals(reference["recall"]), shards
+        assert outputs["recall.json"] == reference["recall.json"], shards
+        rows = outputs["interventions"]
+        assert rows.drop("gold_prob").equals(reference["interventions"].drop("gold_prob")), shards
+        assert (rows["gold_prob"] - reference["interventions"]["gold_prob"]).abs().max() < 1e-5, shards
 
 
 def test_second_run_reruns_nothing(tiny_run):

@@ -51,7 +51,8 @@ def fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[str, Any]) -> dict[str, Any]:
+def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[str, Any],
+                  shards: int) -> dict[str, Any]:
     """Figures, tables and manifest of one model."""
     predictions_path = results / "predictions" / f"{name}.parquet"
     predictions = _frame(predictions_path)
@@ -89,9 +90,8 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
     roles = {(fid, hop) for _, hop, fid in links}
     kn_hops = pl.DataFrame([(layer, hop) for fid, hop in roles for layer, _ in sets.get(fid, [])],
                            schema={"layer": pl.Int64, "hop": pl.Int64}, orient="row")
-    layers = sorted(results.glob(f"attribution/{name}/shard-*.layers.parquet"))
-    if not layers:
-        raise KnrecallError(f"{results}/attribution/{name}: no shard-*.layers.parquet files")
+    # exactly the current shards: files of an earlier run with more shards may still lie beside them
+    layers = [results / "attribution" / name / f"shard-{index:04d}.layers.parquet" for index in range(shards)]
     layer_rows = pl.concat([_frame(p) for p in layers])
     n_layers = int(layer_rows["layer"].max()) + 1
     captions["kn_layers"] = figures.kn_layers(kn_hops, n_layers, figs / "kn_layers.png", f"results/kns/{name}.parquet")
@@ -136,7 +136,10 @@ def build_report(results: Path, out_dir: Path, models: list[str], params: dict[s
     metrics = {name: _json(results / "metrics" / f"{name}.json") for name in ("attribution", "recall", "interventions")}
     world_path = results / "metrics" / "world.json"
     world = _json(world_path) if world_path.exists() else None
-    sections = [model_section(name, results, out_dir, items, metrics) for name in models]
+    shards = params.get("attribution", {}).get("shards")
+    if not isinstance(shards, int) or shards < 1:
+        raise KnrecallError(f"--params for report: attribution.shards must be a positive integer, got {shards!r}")
+    sections = [model_section(name, results, out_dir, items, metrics, shards) for name in models]
 
     accuracy_rows, share_rows, intervention_rows = [], [], []
     for s in sections:
