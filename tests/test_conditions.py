@@ -150,6 +150,11 @@ def test_errors_are_knrecall_errors_naming_the_case(call):
         call()
 
 
+def test_no_conflict_candidate_says_what_to_do():
+    with pytest.raises(KnrecallError, match="drop conflict_hop1 from answer.conditions"):
+        conflict_prompt(EIFFEL, 1, candidates_by_relation([EIFFEL]), 0)
+
+
 # --- few-shot exemplars ---------------------------------------------------------------------------------------------
 
 

@@ -220,6 +220,8 @@ def conflict_entity(item: Item, hop: int, candidates: Sequence[str], seed: int) 
     if not pool:
         raise KnrecallError(
             f"item '{item.case_id}': no conflict candidate for hop {hop} other than the true entity '{truth[0]}'"
+            f" (conflict_hop{hop} needs another answer of the same relation in the dataset: add items of that relation"
+            f" or drop conflict_hop{hop} from answer.conditions)"
         )
     return random.Random(f"conflict:{seed}:{item.case_id}:{hop}").choice(pool)
 
