@@ -5,6 +5,9 @@
 # the max relative difference and the engine's share of the GPU's measured bf16 matrix-multiply rate.
 # Budget: under 5 minutes on one H100/H200-class GPU (~13.5 GB of weights). Record the output in
 # benchmarks/RESULTS.md. Usage, from the repository root: bash benchmarks/gpu_check.sh [.venv/bin/python]
+# It needs only torch (with CUDA) and transformers 5.x: knrecall is imported from this tree, and neither polars,
+# pydantic nor the workflow tools are imported (checked with those imports blocked). On the project's lent GPU
+# machine, whose image has both: run(command="bash benchmarks/gpu_check.sh python3", timeout_s=420).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${1:-.venv/bin/python}"
