@@ -458,8 +458,17 @@ def cmd_estimate(args: argparse.Namespace) -> None:
             if not path.exists():
                 raise KnrecallError(f"--models: '{name}' is neither a preset ({', '.join(PRESETS)}) nor a folder "
                                     "with a config.json")
-            config = json.loads(path.read_text())
-        result = estimate(shape_from_config(config), args.prompts, args.prompt_len, args.answer_len, args.steps,
+            try:
+                config = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise KnrecallError(f"{path}: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise KnrecallError(f"{path}: expected a JSON object")
+        try:
+            shape = shape_from_config(config)
+        except KnrecallError as exc:
+            raise KnrecallError(f"--models: '{name}': {exc}") from None
+        result = estimate(shape, args.prompts, args.prompt_len, args.answer_len, args.steps,
                           args.max_rows, args.dtype, args.tflops)
         rows.append(f"| {name} | {result['parameters_billion']:.1f} | {result['tflop_per_prompt']:.2f} | "
                     f"{result['seconds_per_prompt']:.3f} | {result['hours']:.1f} | {result['memory_gib']:.1f} |")

@@ -44,3 +44,16 @@ def test_estimate_command_prints_the_table(knrecall_cmd):
     assert len(lines) == 3
     bad = subprocess.run(knrecall_cmd + ["estimate", "--models", "gpt-17"], capture_output=True, text=True)
     assert bad.returncode == 2 and "neither a preset" in bad.stderr
+
+
+def test_estimate_names_a_config_it_cannot_read(knrecall_cmd, tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text('{"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "vocab_size": 50257}')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    for folder, expected in ((gpt2, "this config (gpt2) has no integer num_hidden_layers"), (broken, "not valid JSON")):
+        result = subprocess.run(knrecall_cmd + ["estimate", "--models", str(folder)], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from knrecall.errors import KnrecallError
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # the paper's models (config.json values of the public checkpoints)
@@ -68,6 +70,11 @@ class Shape:
 def shape_from_config(config: dict[str, Any] | Any) -> Shape:
     """A LLaMA-style (gated MLP) shape from a config dict or a `PretrainedConfig`."""
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    required = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+    missing = [key for key in required if not isinstance(get(key), int)]
+    if missing:
+        raise KnrecallError(f"the cost model reads LLaMA-style configs (gated MLP: llama, mistral, qwen2, ...); this"
+                            f" config ({get('model_type', 'no model_type')}) has no integer {', '.join(missing)}")
     heads = get("num_attention_heads")
     hidden = get("hidden_size")
     return Shape(layers=get("num_hidden_layers"), hidden=hidden, width=get("intermediate_size"), heads=heads,
