@@ -24,6 +24,7 @@ demo: setup  ## run the main job on the embedded world (profile: profiles/defaul
 	$(BIN)/snakemake --profile profiles/default
 	@cat results/metrics/world.json results/metrics/attribution.json
 	@$(BIN)/python -m knrecall tables
+	@$(BIN)/python -m knrecall timings
 	@echo "report: results/report/index.html"
 
 test: setup chromium  ## run the test suite

@@ -15,6 +15,11 @@ Cases
 - random: a seeded random-weight LLaMA (hidden 768, 12 layers, FFN 3072, 12 heads, vocab 32000; float32, eval,
   frozen) at prompt lengths 16, 64 and 256 with random token ids and a single-token answer.
   `--quick` shrinks it to hidden 128, 2 layers, FFN 512, vocab 1000 at lengths 16 and 32, steps 4.
+- multi-prompt (world): every single-hop paraphrase prompt of the first `--facts` facts of items.parquet (the
+  workflow's "Q: {question} A:" prompts), attributed one prompt per call (`attribute_prompt`, the single-prompt
+  engine) and as the workflow does it, one `attribute_prompts` call per fact (its paraphrases' rows share forwards,
+  at most `--batch-max-rows` rows each); prompts per second of both, the ratio, and the max relative difference of
+  the maps. Skipped, with a note, when the model or the items are missing.
 
 Per case
 - engine_s, naive_s: mean seconds per prompt (time.perf_counter; each function is warmed up once per model on a
@@ -112,7 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the random model's dtype")
     p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="the random model's shape")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="prompt lengths of the random model")
-    p.add_argument("--no-world", action="store_true", help="skip the world model case")
+    p.add_argument("--no-world", action="store_true", help="skip the world model cases")
+    p.add_argument("--facts", type=int, default=12, help="facts of the world multi-prompt case")
+    p.add_argument("--batch-max-rows", type=int, default=2048,
+                   help="the batched engine's rows per forward in the multi-prompt case (the workflow's max_rows)")
     return p.parse_args(argv)
 
 
@@ -263,6 +271,46 @@ def world_cases(args, steps: int, n_prompts: int, matmul: float, notes: list[str
     return [run_case("world", model, adapter, prompts, steps, args.max_rows, matmul)]
 
 
+def world_multi_prompt_case(args, steps: int, notes: list[str]) -> dict | None:
+    """The world model's single-hop prompts of the first `--facts` facts, one prompt per call (`attribute_prompt`)
+    against the workflow's batching (`attribute_prompts`, one call per fact: its paraphrases share forwards)."""
+    model_dir, items_path = Path(args.world_model), Path(args.items)
+    if not model_dir.is_dir() or not items_path.is_file():
+        notes.append("multi-prompt case skipped: no world model or items (run `make demo` or pass --world-model "
+                     "and --items)")
+        return None
+    from knrecall.attribution.batched import attribute_prompts
+    from knrecall.data.conditions import single_hop_prompt
+    from knrecall.data.facts import facts_of
+    from knrecall.data.items import read_items
+    from knrecall.models.load import ModelSpec, load_model
+    from knrecall.targets import teacher_forced_contexts
+
+    model, tokenizer = load_model(ModelSpec(str(model_dir)))
+    adapter = adapter_for(model)
+    facts, _ = facts_of(read_items(str(items_path)))
+    templates = {"direct": "Q: {question} A:"}
+    per_fact = [[teacher_forced_contexts(tokenizer, single_hop_prompt(q, templates), fact.answer)
+                 for q in fact.questions] for fact in list(facts.values())[: args.facts]]
+    n = sum(len(pairs) for pairs in per_fact)
+    attribute_prompts(model, adapter, per_fact[0], steps=steps, max_rows=args.batch_max_rows)  # warm-up
+    attribute_prompt(model, adapter, *per_fact[0][0], steps=steps, max_rows=args.max_rows)
+    log(f"[world multi-prompt] {n} prompts of {len(per_fact)} facts, one at a time ...")
+    start = time.perf_counter()
+    single = [attribute_prompt(model, adapter, p, a, steps=steps, max_rows=args.max_rows)
+              for pairs in per_fact for p, a in pairs]
+    single_s = time.perf_counter() - start
+    log(f"[world multi-prompt] batched per fact (max_rows {args.batch_max_rows}) ...")
+    start = time.perf_counter()
+    batched = [ig for pairs in per_fact
+               for ig in attribute_prompts(model, adapter, pairs, steps=steps, max_rows=args.batch_max_rows)]
+    batched_s = time.perf_counter() - start
+    diff = max(relative_difference(b.attributions, s.attributions) for b, s in zip(batched, single))
+    return {"model": "world", "facts": len(per_fact), "prompts": n, "max_rows_single": args.max_rows,
+            "max_rows_batched": args.batch_max_rows, "single_prompts_per_s": n / single_s,
+            "batched_prompts_per_s": n / batched_s, "speedup": single_s / batched_s, "max_rel_diff": diff}
+
+
 def random_cases(args, steps: int, n_prompts: int, matmul: float) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -328,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"measuring torch.mm {n}x{n} {args.dtype} on {args.device} ...")
     matmul = matmul_gflops(n, device=args.device, dtype=getattr(torch, args.dtype))
     cases = [] if args.no_world else world_cases(args, steps, n_prompts, matmul, notes)
+    multi = None if args.no_world else world_multi_prompt_case(args, steps, notes)
     cases += random_cases(args, steps, n_prompts, matmul)
 
     print(f"attribution benchmark: engine vs naive reference ({'quick' if args.quick else 'full'})")
@@ -338,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     print("seconds are per prompt; speed-up = naive / engine; max rel diff = max|engine - naive| / max|naive|")
     print(table(cases))
+    if multi:
+        print(f"multi-prompt (world, {multi['prompts']} single-hop prompts of {multi['facts']} facts): one at a time "
+              f"{multi['single_prompts_per_s']:.1f} prompts/s, batched per fact (max_rows {multi['max_rows_batched']}) "
+              f"{multi['batched_prompts_per_s']:.1f} prompts/s: {multi['speedup']:.1f}x, max rel diff "
+              f"{multi['max_rel_diff']:.2e}")
     summary = {
         "quick": args.quick,
         "torch": torch.__version__,
@@ -350,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": torch.cuda.get_device_name() if on_gpu else None,
         "notes": notes,
         "cases": cases,
+        "multi_prompt": multi,
     }
     print(json.dumps(summary))
     return 0

@@ -123,6 +123,7 @@ def plan_prompts(items: list[Item], templates: dict[str, str], condition: str, s
     """The two-hop question of every item under `condition`, and (if `single_hop`) its single-hop paraphrases."""
     plan: list[PlannedPrompt] = []
     candidates = candidates_by_relation(items) if condition in CONFLICT_HOPS else {}
+    pool = sorted(items, key=lambda x: (x.case_id, x.two_hop))  # choose_exemplars' own order: its sort is then O(n)
     implied = hop2_of_bridge(items) if condition == "conflict_hop1" else {}
     for item in items:
         for kind, questions, gold, aliases in () if not single_hop else (
@@ -134,7 +135,7 @@ def plan_prompts(items: list[Item], templates: dict[str, str], condition: str, s
                 plan.append(PlannedPrompt(item, kind, index, Query(prompt, gold, tuple(aliases))))
         context_answer = None
         if condition == "few_shot_cot":
-            exemplars = choose_exemplars(item, items, few_shot_k, seed)
+            exemplars = choose_exemplars(item, pool, few_shot_k, seed)
             prompt = render(condition, item, templates, exemplars=exemplars)
         elif condition in CONFLICT_HOPS:
             hop = CONFLICT_HOPS[condition]

@@ -113,22 +113,17 @@ def cmd_world_train(args: argparse.Namespace) -> None:
     from knrecall.config import WorldModelParams
     from knrecall.data.conditions import DEFAULT_TEMPLATES, EXEMPLAR_TEMPLATE
     from knrecall.io import write_json
-    from knrecall.world.tokenizer import build_tokenizer
+    from knrecall.world.tokenizer import world_tokenizer
     from knrecall.world.train import ModelShape, TrainRecipe, train_world_model
 
     params = json_params(args.params, WorldModelParams, "world_model")
     corpus = read_jsonl(Path(args.corpus))
     items = read_json_list(Path(args.items))
-    texts = [f"{ex['prompt']} {ex['answer']} ." for ex in corpus]
-    for item in items:
-        texts += [item["two_hop"], *item["fact1_query"], *item["fact2_query"]]
     templates = parse_json(args.templates, "templates") if args.templates else DEFAULT_TEMPLATES
-    # every word of every condition's prompt, so that evaluation prompts never contain [UNK]
-    texts += [re.sub(r"\{\w+\}", " ", template) for template in [*templates.values(), EXEMPLAR_TEMPLATE]]
-    tokenizer = build_tokenizer(texts)
+    tokenizer = world_tokenizer(corpus, items, templates, [EXEMPLAR_TEMPLATE])
     shape = ModelShape(params.hidden_size, params.intermediate_size, params.num_layers, params.num_heads)
     recipe = TrainRecipe(params.epochs, params.batch_size, params.learning_rate, params.weight_decay,
-                         params.warmup_steps, args.seed)
+                         params.warmup_steps, args.seed, params.optimizer, params.muon_learning_rate)
     out = Path(args.out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.*"):  # left behind by a killed run
@@ -500,6 +495,12 @@ def cmd_tables(args: argparse.Namespace) -> None:
         raise KnrecallError(f"{args.metrics}: neither recall.json nor interventions.json is there (run the workflow first)")
 
 
+def cmd_timings(args: argparse.Namespace) -> None:
+    from knrecall.timings import job_records, timing_table
+
+    print(f"per-rule wall times ({args.metadata}):\n\n{timing_table(job_records(args.metadata))}\n")
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def cmd_schema(args: argparse.Namespace) -> None:
     from knrecall.config import schema_yaml
@@ -707,6 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="print the recall (Table-4 layout), validation and intervention tables")
     p.add_argument("--metrics", default="results/metrics", help="the folder with recall.json / interventions.json")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("timings", help="per-rule wall times of the last run, from Snakemake's job records")
+    p.add_argument("--metadata", default=".snakemake/metadata", help="Snakemake's metadata folder")
+    p.set_defaults(func=cmd_timings)
 
     p = sub.add_parser("schema", help="print or write the JSON Schema of params.yaml (YAML form)")
     p.add_argument("--out", help="file to write (default: stdout)")

@@ -64,10 +64,15 @@ class WorldModelParams(Strict):
     intermediate_size: int = Field(512, ge=8, description="FFN width (the neurons knrecall attributes).")
     num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
-    epochs: int = Field(20, ge=1, description="Passes over the training corpus.")
-    batch_size: int = Field(128, ge=1, description="Training batch size (examples).")
-    learning_rate: float = Field(0.002, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %).")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices.")
+    epochs: int = Field(4, ge=1, description="Passes over the training corpus.")
+    batch_size: int = Field(64, ge=1, description="Training batch size (examples).")
+    optimizer: Literal["muon", "adamw"] = Field(
+        "muon", description="muon: Muon for the decoder's weight matrices, AdamW for embeddings and norms; adamw: "
+        "AdamW for everything (the recipe before Muon: 20 epochs, batch 128, learning_rate 0.002).")
+    learning_rate: float = Field(0.004, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay to 10 %).")
+    muon_learning_rate: float = Field(0.008, gt=0, description="Peak Muon learning rate (optimizer muon; same schedule), "
+                                      "scaled per matrix by 0.2 sqrt(max(rows, cols)).")
+    weight_decay: float = Field(0.1, ge=0, description="Weight decay on matrices (AdamW and Muon).")
     warmup_steps: int = Field(50, ge=1, description="Linear warm-up steps.")
 
     @model_validator(mode="after")

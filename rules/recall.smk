@@ -17,7 +17,7 @@ rule measure:
         "../envs/knrecall.yaml"
     threads: 2
     resources:
-        batch_size=16,
+        batch_size=64,
         device="cpu",
     params:
         spec=lambda wc: as_json(

@@ -70,6 +70,43 @@ def test_cached_batched_generation_matches_uncached_reference(family, policy):
         assert result.gold_probs == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("policy", POSITION_POLICIES)
+def test_rows_sharing_a_prompt_with_their_own_neurons_and_factors(family, policy):
+    """The interventions' batches: one prompt in several rows (its prefix then runs once), each row with its own
+    neurons and factor, beside other prompts."""
+    model = _model(family)
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[1]]
+    neurons = [NEURONS[0], NEURONS[1], NEURONS[1], None, NEURONS[2]]
+    factors = [0.0, 3.0, 2.0, 1.0, 0.0]
+    results = greedy_generate(model, prompts, STEPS, stop_ids=[], neurons=neurons, factor=factors, policy=policy,
+                              gold_ids=[GOLD[0]] * 5)
+    for prompt, selection, factor, result in zip(prompts, neurons, factors, results):
+        tokens, probs = _reference(model, prompt, selection or {}, factor, policy, STEPS)
+        assert result.generated_ids == tokens
+        assert result.gold_probs == pytest.approx([float(p[GOLD[0]]) for p in probs], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "gemma2"])
+@pytest.mark.parametrize("policy", POSITION_POLICIES)
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(family, policy):
+    """Rows stop at different steps; once a quarter of the batch has stopped those rows are dropped from the
+    batch (and its cache). Every row must still equal its own unbatched reference."""
+    model = _model(family)
+    prompts = PROMPTS * 3
+    neurons = (NEURONS * 3)[: len(prompts)]
+    free = greedy_generate(model, prompts, STEPS, stop_ids=[], neurons=neurons, factor=2.0, policy=policy)
+    stops = sorted({free[0].generated_ids[1], free[1].generated_ids[2]})  # some rows stop after 2-3 tokens
+    results = greedy_generate(model, prompts, STEPS, stop_ids=stops, neurons=neurons, factor=2.0, policy=policy,
+                              gold_ids=[GOLD[0]] * len(prompts))
+    lengths = {len(r.generated_ids) for r in results}
+    assert min(lengths) < STEPS and len(lengths) > 1  # rows did stop early, and not all at once
+    for prompt, selection, result in zip(prompts, neurons, results):
+        tokens, probs = _reference(model, prompt, selection, 2.0, policy, STEPS, stops=stops)
+        assert result.generated_ids == tokens
+        assert result.gold_probs == pytest.approx([float(p[GOLD[0]]) for p in probs], rel=1e-4, abs=1e-6)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
 def test_factor_one_and_no_neurons_change_nothing(family):
     model = _model(family)

@@ -192,9 +192,9 @@ def test_cot_examples():
     questions = by_question(world)
     train = [i for i in world["items"] if i["split"] == "train_subject"]
     cot = [ex for ex in world["corpus"] if ex["kind"] == "cot_question"]
-    assert len(cot) == round(len(train) * fraction)
+    assert len(cot) == 2 * round(len(train) * fraction)
     owners = [owner(ex["prompt"], questions) for ex in cot]
-    assert len({o["case_id"] for o in owners}) == len(cot)  # one example per chosen item
+    assert len({o["case_id"] for o in owners}) == len(cot) // 2  # two examples per chosen item
     zero = few = 0
     for ex, record in zip(cot, owners):
         assert record["split"] == "train_subject"
@@ -218,6 +218,9 @@ def test_cot_examples():
             assert exemplar["split"] == "train_subject" and exemplar["case_id"] != record["case_id"]
             assert ex["prompt"] == render("few_shot_cot", item, exemplars=[as_item(exemplar)])
     assert few == len(cot) // 2 and zero == len(cot) - few
+    for record in {o["case_id"]: o for o in owners}.values():  # each chosen item: zero-shot and one-shot
+        prompts = [ex["prompt"] for ex, o in zip(cot, owners) if o["case_id"] == record["case_id"]]
+        assert prompts[0] == render("zero_shot_cot", as_item(record)) and prompts[1].count("Q: ") == 2
 
 
 def test_onehop_cot_examples():
@@ -227,12 +230,23 @@ def test_onehop_cot_examples():
     assert len(onehop) == n_facts  # one per single-hop fact, whatever the fraction
     fact_questions = {(q, ex["answer"]) for ex in world["corpus"] if ex["kind"] == "fact_question"
                       for q in [ex["prompt"]]}
+    second_hops = {c.second for c in COMPOSITIONS.values()}
+    chains = 0
     for ex in onehop:
         assert ex["prompt"].endswith(" A: Let's think step by step.")
-        entity = ex["answer"].split(". So the answer is ")[0]
-        assert ex["answer"] == f"{entity}. So the answer is {entity}"
+        entity = ex["answer"].split(". So the answer is ")[-1]
         direct = ex["prompt"].replace(" A: Let's think step by step.", " A:")
         assert (direct, entity) in fact_questions  # a trained single-hop question and its true answer
+        relation = next(r for r in RELATIONS.values()
+                        if any(direct == f"Q: {q.format(s=s)} A:" for s in world["facts"][r.name] for q in r.questions))
+        if relation.name in second_hops:  # the chain's own form: the subject, its first question, the answer
+            subject = next(s for s in world["facts"][relation.name]
+                           if any(direct == f"Q: {q.format(s=s)} A:" for q in relation.questions))
+            assert ex["answer"] == f"{subject}. {relation.questions[0].format(s=subject)} {entity}. So the answer is {entity}"
+            chains += 1
+        else:
+            assert ex["answer"] == f"{entity}. So the answer is {entity}"
+    assert 0 < chains < len(onehop)
     assert [ex for ex in make(cot_fraction=0.7)["corpus"] if ex["kind"] == "cot_onehop"] == onehop
     assert not any(ex["kind"] == "cot_onehop" for ex in make(context_fraction=0.5)["corpus"])
 

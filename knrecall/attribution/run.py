@@ -17,7 +17,8 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from knrecall.attribution.engine import LayerwiseIG, attribute_prompt
+from knrecall.attribution.batched import attribute_prompts
+from knrecall.attribution.engine import LayerwiseIG
 from knrecall.data.conditions import single_hop_prompt
 from knrecall.data.facts import facts_of, shard_of
 from knrecall.data.items import Item
@@ -85,14 +86,14 @@ def attribute_shard(items: list[Item], model, tokenizer, templates: dict[str, st
     neurons: dict[str, list] = {name: [] for name in NEURONS_SCHEMA.names}
     layers: dict[str, list] = {name: [] for name in LAYERS_SCHEMA.names}
     with tqdm(total=n_prompts, desc=f"attribute shard {shard}", unit="prompt", file=sys.stderr, mininterval=5) as bar:
-        for fact in mine:
-            for paraphrase, question in enumerate(fact.questions):
-                prompt = single_hop_prompt(question, templates)
-                prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, prompt, fact.answer)
-                start = time.perf_counter()
-                ig = attribute_prompt(model, adapter, prompt_ids, answer_ids, steps=settings.steps, rule=settings.rule,
-                                      target=settings.target, max_rows=max_rows)
-                seconds = time.perf_counter() - start
+        for fact in mine:  # a fact's paraphrases share forwards: the grouping depends on the fact alone
+            prompts = [single_hop_prompt(question, templates) for question in fact.questions]
+            pairs = [teacher_forced_contexts(tokenizer, prompt, fact.answer) for prompt in prompts]
+            start = time.perf_counter()
+            maps = attribute_prompts(model, adapter, pairs, steps=settings.steps, rule=settings.rule,
+                                     target=settings.target, max_rows=max_rows)
+            seconds = (time.perf_counter() - start) / len(pairs)
+            for paraphrase, (prompt, ig) in enumerate(zip(prompts, maps)):
                 layer_idx, neuron_idx = neuron_rows(ig, settings.store_threshold, settings.full_maps)
                 count = len(layer_idx)
                 neurons["fact_id"] += [fact.fact_id] * count

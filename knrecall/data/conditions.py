@@ -30,6 +30,7 @@ string seeds with SHA-512 (independent of PYTHONHASHSEED and of the pool's order
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping, Sequence
 
@@ -49,6 +50,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
 EXEMPLAR_TEMPLATE = "Q: {question} A: {chain} So the answer is {answer}.\n"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _norm(text: str | None) -> str:
     return " ".join((text or "").split()).casefold()
 
@@ -133,15 +135,19 @@ def render(
         raise KnrecallError(f"item '{item.case_id}': bad template for condition '{condition}': {e}") from None
 
 
-def _leaks(ex: Item, item: Item) -> str | None:
-    """Why `ex` may not be an exemplar for `item` (None when it may)."""
+def _own_questions(item: Item) -> frozenset[str]:
+    return frozenset(_norm(q) for q in [*item.fact1_query, *item.fact2_query])
+
+
+def _leaks(ex: Item, item: Item, own: frozenset[str] | None = None) -> str | None:
+    """Why `ex` may not be an exemplar for `item` (None when it may); `own` is `_own_questions(item)`."""
     if ex.case_id == item.case_id:
         return "the item itself"
     if _norm(ex.two_hop) == _norm(item.two_hop):
         return "same two-hop question"
     if item.subject is not None and ex.subject is not None and _norm(ex.subject) == _norm(item.subject):
         return "same subject"
-    own = {_norm(q) for q in [*item.fact1_query, *item.fact2_query]}
+    own = _own_questions(item) if own is None else own
     if (ex.fact1_query and _norm(ex.fact1_query[0]) in own) or (ex.fact2_query and _norm(ex.fact2_query[0]) in own):
         return "its chain states one of the item's facts"
     return None
@@ -157,8 +163,9 @@ def choose_exemplars(item: Item, pool: Sequence[Item], k: int, seed: int) -> lis
     seen_ids: set[str] = set()
     seen_questions: set[str] = set()
     candidates: list[Item] = []
+    own = _own_questions(item)
     for ex in sorted(pool, key=lambda x: (x.case_id, x.two_hop)):
-        if ex.case_id in seen_ids or _norm(ex.two_hop) in seen_questions or _leaks(ex, item):
+        if ex.case_id in seen_ids or _norm(ex.two_hop) in seen_questions or _leaks(ex, item, own):
             continue
         if not ex.fact1_query or not ex.fact2_query:
             continue

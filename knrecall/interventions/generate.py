@@ -72,11 +72,13 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-def _multipliers(neurons: Sequence[Neurons | None], factor: float, n_layers: int, width: int,
+def _multipliers(neurons: Sequence[Neurons | None], factors: Sequence[float], n_layers: int, width: int,
                  device: torch.device, dtype: torch.dtype) -> dict[int, torch.Tensor]:
-    """Per layer with any selected neuron: a [batch, width] tensor, `factor` at each row's neurons, 1 elsewhere."""
+    """Per layer with any selected neuron: a [batch, width] tensor, row r's factor at its neurons, 1 elsewhere."""
     out: dict[int, torch.Tensor] = {}
-    for row, selection in enumerate(neurons):
+    for row, (selection, factor) in enumerate(zip(neurons, factors)):
+        if factor == 1.0:
+            continue
         for layer, indices in (selection or {}).items():
             if not 0 <= layer < n_layers:
                 raise KnrecallError(f"interventions: layer {layer} is out of range; the model has {n_layers} layers")
@@ -92,14 +94,32 @@ def _multipliers(neurons: Sequence[Neurons | None], factor: float, n_layers: int
     return out
 
 
+def _left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `prompts`, left-padded to the longest."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, longest - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, longest - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: real tokens at 0, 1, ... (pads at 0)."""
+    return (mask.cumsum(dim=-1) - 1).clamp_min(0)
+
+
 @torch.no_grad()
 def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
-                    *, neurons: Sequence[Neurons | None] | None = None, factor: float = 1.0,
+                    *, neurons: Sequence[Neurons | None] | None = None, factor: float | Sequence[float] = 1.0,
                     policy: str = "last_prompt", gold_ids: Sequence[int] | None = None,
                     adapter: FFNAdapter | None = None, pad_id: int | None = None,
                     on_touch: TouchRecorder | None = None) -> list[Generation]:
-    """Greedy continuation of each prompt (token ids, one batch) with row r's `neurons[r]` scaled by `factor` at the
-    positions of `policy`; stops a row at its first token in `stop_ids`. `neurons=None` (or factor 1) changes nothing.
+    """Greedy continuation of each prompt (token ids, one batch) with row r's `neurons[r]` scaled by `factor` (one
+    for every row, or one per row) at the positions of `policy`; stops a row at its first token in `stop_ids`.
+    `neurons=None` (or factor 1) changes nothing.
 
     `gold_ids[r]`, if given, is the token whose probability is recorded at every step of row r. `on_touch`, if given,
     is called for every layer, row and forward with the absolute positions that forward scaled (for tests and audits).
@@ -111,6 +131,9 @@ def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
         raise KnrecallError("interventions: every prompt needs at least one token")
     if neurons is not None and len(neurons) != len(prompts):
         raise KnrecallError(f"interventions: {len(neurons)} neuron sets for {len(prompts)} prompts")
+    factors = [float(factor)] * len(prompts) if isinstance(factor, (int, float)) else [float(f) for f in factor]
+    if len(factors) != len(prompts):
+        raise KnrecallError(f"interventions: {len(factors)} factors for {len(prompts)} prompts")
     if gold_ids is not None and len(gold_ids) != len(prompts):
         raise KnrecallError(f"interventions: {len(gold_ids)} gold tokens for {len(prompts)} prompts")
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -127,72 +150,94 @@ def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     if pad_id is None:
         pad_id = getattr(model.config, "pad_token_id", None)
         pad_id = 0 if pad_id is None else int(pad_id)
-    multipliers = _multipliers(neurons or [None] * batch, factor, n_layers, width, device, dtype)
-    if factor == 1.0:
-        multipliers = {}
+    multipliers = _multipliers(neurons or [None] * batch, factors, n_layers, width, device, dtype)
 
-    ids = torch.full((batch, longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, longest - len(prompt):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    with_positions = _accepts(model, "position_ids")
     prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-
-    # which columns of the current forward the policy scales: [batch, seq] bool, set before every forward
-    first = mask.bool() if policy == "all" else torch.zeros_like(mask, dtype=torch.bool)
-    if policy != "all":
-        first[:, -1] = True  # left padding: the last column is every row's last prompt token
-    state = {"columns": first, "offset": longest - prompt_lens}  # absolute position = column - pad (first forward)
+    share_prefix = policy != "all" and min(len(p) for p in prompts) > 1
+    if share_prefix:
+        # Positions 0 .. P-2 are never scaled under this policy, so every distinct prompt's prefix runs once
+        # (without hooks) and its cache is copied to the rows that share it; the first hooked forward reads the
+        # last prompt token only.
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        row_of = torch.tensor([distinct.index(tuple(p)) for p in prompts], device=device) if len(distinct) > 1 \
+            else torch.zeros(batch, dtype=torch.long, device=device)
+        prefix_ids, prefix_mask = _left_padded([p[:-1] for p in distinct], pad_id, device)
+        kwargs = {"position_ids": _positions(prefix_mask)} if with_positions else {}
+        prefix = model(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True, **kwargs, **extra)
+        cache = prefix.cache
+        cache.reorder_cache(row_of)
+        ids = torch.tensor([[p[-1]] for p in prompts], device=device)
+        mask = torch.cat([prefix_mask[row_of], torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
+        first_positions = (prompt_lens - 1)[:, None]
+        first = torch.ones((batch, 1), dtype=torch.bool, device=device)  # the last prompt token: in the policy
+        offset = -(prompt_lens - 1)  # absolute position = column - offset
+    else:
+        cache = None
+        ids, mask = _left_padded(prompts, pad_id, device)
+        first_positions = _positions(mask)
+        # which columns of the current forward the policy scales: [batch, seq] bool, set before every forward
+        first = mask.bool() if policy == "all" else torch.zeros_like(mask, dtype=torch.bool)
+        if policy != "all":
+            first[:, -1] = True  # left padding: the last column is every row's last prompt token
+        offset = longest - prompt_lens  # absolute position = column - pad (first forward)
+    state = {"columns": first, "offset": offset, "rows": torch.arange(batch, device=device),
+             "multipliers": multipliers}
 
     def scale(layer: int, ffn_input: torch.Tensor) -> torch.Tensor | None:
-        columns = state["columns"]
-        if on_touch is not None:
-            for row in range(batch):
-                touched = torch.nonzero(columns[row]).flatten()
-                if layer in multipliers and bool((multipliers[layer][row] != 1).any()):
-                    on_touch(layer, row, [int(c - state["offset"][row]) for c in touched])
-        multiplier = multipliers.get(layer)
+        columns, rows, multiplier = state["columns"], state["rows"], state["multipliers"].get(layer)
+        if on_touch is not None and multiplier is not None:
+            for index, row in enumerate(rows.tolist()):
+                touched = torch.nonzero(columns[index]).flatten()
+                if bool((multiplier[index] != 1).any()):
+                    on_touch(layer, row, [int(c - state["offset"][index]) for c in touched])
         if multiplier is None or not bool(columns.any()):
             return None
         scaled = ffn_input * multiplier[:, None, :].to(ffn_input.dtype)
         return torch.where(columns[:, :, None], scaled, ffn_input)
 
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    with_positions = _accepts(model, "position_ids")
     stops = torch.tensor(list(stop_ids), device=device)
     gold = torch.tensor(list(gold_ids), device=device) if gold_ids is not None else None
-    generated = torch.zeros((batch, 0), dtype=torch.long, device=device)
-    gold_probs: list[torch.Tensor] = []
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    probs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)
+    alive = torch.arange(batch, device=device)  # the rows still in the batch, in its order
     with hook_ffn_inputs(model, adapter, scale):
-        kwargs = {"position_ids": positions} if with_positions else {}
+        kwargs = {"position_ids": first_positions} if with_positions else {}
+        if cache is not None:
+            kwargs["cache"] = cache
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs, **extra)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             if gold is not None:
-                gold_probs.append(torch.softmax(logits, dim=-1).gather(1, gold[:, None]).squeeze(1))
-            token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long), logits.argmax(dim=-1))
-            generated = torch.cat([generated, token[:, None]], dim=1)
-            finished = finished | torch.isin(token, stops)
+                probs[alive, step] = torch.softmax(logits, dim=-1).gather(1, gold[alive, None]).squeeze(1)
+            token = torch.where(finished[alive], torch.full_like(alive, pad_id), logits.argmax(dim=-1))
+            tokens[alive, step] = token
+            finished[alive] |= torch.isin(token, stops)
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-            reads = torch.full((batch, 1), policy != "last_prompt", dtype=torch.bool, device=device)
-            state["columns"] = reads & ~finished[:, None]  # rows that have stopped are not scaled (nor reported)
-            state["offset"] = -(prompt_lens + step)  # the one column read is the row's position P + step
-            kwargs = {"position_ids": (prompt_lens + step)[:, None]} if with_positions else {}
-            out = model(input_ids=token[:, None], attention_mask=mask, cache=out.cache, use_cache=True, **kwargs, **extra)
+            going = ~finished[alive]
+            if 4 * int((~going).sum()) >= len(alive):  # a quarter of the batch has stopped: drop those rows
+                keep = torch.nonzero(going).flatten()
+                alive, token, mask = alive[keep], token[keep], mask[keep]
+                out.cache.reorder_cache(keep)
+                state["multipliers"] = {layer: m[keep] for layer, m in state["multipliers"].items()}
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            reads = torch.full((len(alive), 1), policy != "last_prompt", dtype=torch.bool, device=device)
+            state["columns"] = reads & ~finished[alive][:, None]  # rows that have stopped are not scaled (nor reported)
+            state["offset"] = -(prompt_lens[alive] + step)  # the one column read is the row's position P + step
+            state["rows"] = alive
+            kwargs = {"position_ids": (prompt_lens[alive] + step)[:, None]} if with_positions else {}
+            out = model(input_ids=token[:, None], attention_mask=mask, cache=out.cache, use_cache=True, **kwargs,
+                        **extra)
 
     results = []
     for row in range(batch):
-        tokens = generated[row].tolist()
         kept: list[int] = []
-        for token in tokens:
+        for token in tokens[row].tolist():
             kept.append(token)
             if token in stop_ids:
                 break
-        probs = [float(p[row]) for p in gold_probs[:len(kept)]] if gold is not None else None
-        results.append(Generation(kept, probs))
+        results.append(Generation(kept, probs[row, :len(kept)].tolist() if gold is not None else None))
     return results

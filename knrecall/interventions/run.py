@@ -42,7 +42,7 @@ from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.interventions.controls import Neuron, as_layer_map, random_control
-from knrecall.interventions.generate import greedy_generate
+from knrecall.interventions.generate import Generation, greedy_generate
 from knrecall.models.adapters import adapter_for
 from knrecall.recall.steps import prompt_input_ids
 from knrecall.targets import answer_token_ids
@@ -173,6 +173,8 @@ def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokeni
     plan_all = interventions(settings)
     chosen_cases = {c for c in sampled_cases(items, settings.max_items, settings.seed) if shard_of_case(c, shards) == shard}
     rows: list[dict] = []
+    drawn: dict[tuple[str, str, int | None], list[Neuron]] = {}  # the same neurons under every condition
+    steps: dict[tuple, int] = {}  # answer steps of identical generations (many interventions change nothing)
     for condition in settings.conditions:
         # prompts are planned over every item (few-shot exemplars and conflict entities come from all of them)
         planned = [p for p in plan_prompts(items, templates, condition, settings.seed, settings.few_shot_k,
@@ -185,30 +187,43 @@ def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokeni
         gold = {p.item.case_id: answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if cot else p.query.prompt,
                                                  p.query.gold)[0] for p in planned}
         log.info("shard %d/%d, %s: %d items x %d interventions", shard, shards, condition, len(planned), len(plan_all))
-        for intervention in tqdm(plan_all, desc=f"intervene {condition}", unit="run", file=sys.stderr, mininterval=10):
-            chosen: list[tuple[PlannedPrompt, list[Neuron]]] = []
+        # every (intervention, item) run of the condition, batched across interventions (row r scaled by its own
+        # factor), prompts of similar length together; rows are written in (intervention, item) order
+        runs: list[tuple[Intervention, PlannedPrompt, list[Neuron]]] = []
+        for intervention in plan_all:
             for p in planned:
-                neurons = neurons_for(intervention, p.item.case_id, kn_sets.get(p.item.case_id, {}), width,
-                                      model_name)
+                key = (p.item.case_id, intervention.name, intervention.control_seed)
+                if key not in drawn:
+                    drawn[key] = neurons_for(intervention, p.item.case_id, kn_sets.get(p.item.case_id, {}), width,
+                                             model_name)
+                neurons = drawn[key]
                 if intervention.kind == "base" or neurons:
-                    chosen.append((p, neurons))
-            for start in range(0, len(chosen), batch_size):
-                batch = chosen[start:start + batch_size]
-                results = greedy_generate(
-                    model, [prompt_ids[p.item.case_id] for p, _ in batch], limit, stops,
-                    neurons=[as_layer_map(n) for _, n in batch], factor=intervention.factor, policy=settings.policy,
-                    gold_ids=[gold[p.item.case_id] for p, _ in batch], adapter=adapter,
-                    pad_id=tokenizer.pad_token_id)
-                for (p, neurons), result in zip(batch, results):
-                    generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
-                    span = extract_span(generation, cot)
-                    step = answer_step(tokenizer, result.generated_ids, generation, span, cot)
-                    rows.append({
-                        "case_id": p.item.case_id, "condition": condition, "intervention": intervention.name,
-                        "kind": intervention.kind, "target": intervention.target, "factor": intervention.factor,
-                        "control_seed": intervention.control_seed, "policy": settings.policy,
-                        "n_neurons": len(neurons), "generation": generation, "generated_ids": result.generated_ids,
-                        "answer_span": span, "correct": is_correct(span, p.query.gold, p.query.aliases),
-                        "gold_prob": result.gold_probs[step] if result.gold_probs else 0.0,
-                    })
+                    runs.append((intervention, p, neurons))
+        order = sorted(range(len(runs)), key=lambda r: len(prompt_ids[runs[r][1].item.case_id]))
+        results: dict[int, Generation] = {}
+        for start in tqdm(range(0, len(order), batch_size), desc=f"intervene {condition}", unit="batch",
+                          file=sys.stderr, mininterval=10):
+            batch = [runs[r] for r in order[start:start + batch_size]]
+            generated = greedy_generate(
+                model, [prompt_ids[p.item.case_id] for _, p, _ in batch], limit, stops,
+                neurons=[as_layer_map(n) for _, _, n in batch], factor=[i.factor for i, _, _ in batch],
+                policy=settings.policy, gold_ids=[gold[p.item.case_id] for _, p, _ in batch], adapter=adapter,
+                pad_id=tokenizer.pad_token_id)
+            results.update(zip(order[start:start + batch_size], generated))
+        for index, (intervention, p, neurons) in enumerate(runs):
+            result = results[index]
+            generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
+            span = extract_span(generation, cot)
+            key = (tuple(result.generated_ids), cot)
+            if key not in steps:
+                steps[key] = answer_step(tokenizer, result.generated_ids, generation, span, cot)
+            step = steps[key]
+            rows.append({
+                "case_id": p.item.case_id, "condition": condition, "intervention": intervention.name,
+                "kind": intervention.kind, "target": intervention.target, "factor": intervention.factor,
+                "control_seed": intervention.control_seed, "policy": settings.policy,
+                "n_neurons": len(neurons), "generation": generation, "generated_ids": result.generated_ids,
+                "answer_span": span, "correct": is_correct(span, p.query.gold, p.query.aliases),
+                "gold_prob": result.gold_probs[step] if result.gold_probs else 0.0,
+            })
     return pa.Table.from_pylist(rows, schema=INTERVENTIONS_SCHEMA)

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -23,7 +25,7 @@ from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
-from knrecall.recall.activations import activations_at
+from knrecall.recall.activations import activations_at, columns_for
 from knrecall.recall.scores import null_pairs
 from knrecall.recall.steps import entity_token_variants, find_reasoning_steps, prompt_input_ids
 from knrecall.targets import teacher_forced_contexts
@@ -51,66 +53,100 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
             templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16):
     """(baselines, activations, steps) tables; see the README for their columns."""
     adapter = adapter_for(model)
-    width = adapter.width(model)
     facts, links = facts_of(items)
     sets = refined_sets(kns)
-    column = lambda layer, neuron: layer * width + neuron  # noqa: E731 - activations_at's layer-major order
+    # only the neurons that are some fact's KN are read; column j of every vector is neuron pairs[j]
+    union = sorted({neuron for kn_set in sets.values() for neuron in kn_set})
+    selection: dict[int, list[int]] = {}
+    for layer, neuron in union:
+        selection.setdefault(layer, []).append(neuron)
+    column = {pair: j for j, pair in enumerate(columns_for(model, selection, adapter).pairs)} if union else {}
 
-    # baselines: mean over each fact's paraphrase prompts at the predicting position
+    # baselines: mean over each fact's paraphrase prompts at the predicting position (every fact's prompts in one
+    # batched pass)
+    measured = [(fid, fact) for fid, fact in facts.items() if fid in sets]
+    prompts = [[teacher_forced_contexts(tokenizer, single_hop_prompt(q, templates), fact.answer)[0] for q in fact.questions]
+               for _, fact in measured]
+    flat = [p for group in prompts for p in group]
+    vectors = iter(activations_at(model, adapter, flat, [[len(p) - 1] for p in flat], neurons=selection or None,
+                                  batch_size=batch_size))
     baseline_rows = []
-    for fid, fact in facts.items():
-        if fid not in sets:
-            continue
-        prompts = [teacher_forced_contexts(tokenizer, single_hop_prompt(q, templates), fact.answer)[0] for q in fact.questions]
-        vectors = activations_at(model, adapter, prompts, [[len(p) - 1] for p in prompts], batch_size=batch_size)
-        mean = torch.stack([v[0] for v in vectors]).mean(dim=0)
-        baseline_rows += [{"fact_id": fid, "layer": l, "neuron": n, "baseline": float(mean[column(l, n)])} for l, n in sets[fid]]
+    for (fid, _), group in zip(measured, prompts):
+        mean = torch.stack([next(vectors)[0] for _ in group]).mean(dim=0)
+        baseline_rows += [{"fact_id": fid, "layer": l, "neuron": n, "baseline": float(mean[column[(l, n)]])}
+                          for l, n in sets[fid]]
 
-    # reasoning-step positions and full activation vectors there, per item and condition
+    # reasoning-step positions and the KN activations there, per item and condition
     by_case = {item.case_id: item for item in items}
     two_hop = predictions.filter(pl.col("kind") == "two_hop")
+    variants = functools.lru_cache(maxsize=None)(lambda entity, aliases: _variants(tokenizer, entity, aliases))
     step_rows, sequences, positions = [], [], []
     for row in two_hop.iter_rows(named=True):
         item = by_case[row["case_id"]]
         prompt_ids = prompt_input_ids(tokenizer, row["prompt"])
-        steps = find_reasoning_steps(prompt_ids, row["generated_ids"], _variants(tokenizer, item.fact1_ans, item.fact1_aliases),
-                                     _variants(tokenizer, item.fact2_ans, item.answer_aliases),
+        steps = find_reasoning_steps(prompt_ids, row["generated_ids"],
+                                     variants(item.fact1_ans, tuple(item.fact1_aliases)),
+                                     variants(item.fact2_ans, tuple(item.answer_aliases)),
                                      cot=row["condition"] in COT_CONDITIONS)
         step_rows.append({"case_id": item.case_id, "condition": row["condition"],
                           "hop1_position": steps.hop1_position, "hop2_position": steps.hop2_position,
                           "hop1_found": steps.hop1_found, "hop2_found": steps.hop2_found})
         sequences.append(prompt_ids + list(row["generated_ids"]))
         positions.append([steps.hop1_position, steps.hop2_position])
-    vectors = activations_at(model, adapter, sequences, positions, batch_size=batch_size)
-    at = {(r["case_id"], r["condition"]): v for r, v in zip(step_rows, vectors)}
+    measured_at = activations_at(model, adapter, sequences, positions, neurons=selection or None,
+                                 batch_size=batch_size)
+    sequence_of = {(r["case_id"], r["condition"]): index for index, r in enumerate(step_rows)}
 
-    by_item: dict[str, list] = {}
-    for (case_id, condition), vector in at.items():
-        by_item.setdefault(case_id, []).append((condition, vector))
-    activation_rows = []
+    # one block of rows per (kind, fact, item, condition): the fact's KNs read at the item's step of `hop`
+    blocks: list[tuple[str, str, str, str, int]] = []
+    conditions_of: dict[str, list[str]] = {}
+    for r in step_rows:
+        conditions_of.setdefault(r["case_id"], []).append(r["condition"])
     for case_id, hop, fid in links:
-        for condition, vector in by_item.get(case_id, []):
-            for l, n in sets.get(fid, []):
-                activation_rows.append({"kind": "item", "fact_id": fid, "case_id": case_id, "condition": condition,
-                                        "hop": hop, "layer": l, "neuron": n, "activation": float(vector[hop - 1, column(l, n)])})
-
+        if fid in sets:
+            blocks += [("item", fid, case_id, condition, hop) for condition in conditions_of.get(case_id, [])]
     # null: the fact's KNs on items that do not involve it, at the step of the hop it plays most often
     item_facts = pl.DataFrame(links, schema=["case_id", "hop", "fact_id"], orient="row")
     role = {fid: Counter(h for _, h, f in links if f == fid).most_common(1)[0][0] for fid in sets}
     pairs = null_pairs(item_facts.filter(pl.col("fact_id").is_in(list(sets))), rng_seed=seed, max_per_fact=null_per_fact)
     conditions = two_hop["condition"].unique(maintain_order=True).to_list()
     for fid, case_id in pairs.iter_rows():
-        hop = role[fid]
-        for condition in conditions:
-            vector = at[(case_id, condition)]
-            for l, n in sets[fid]:
-                activation_rows.append({"kind": "null", "fact_id": fid, "case_id": case_id, "condition": condition,
-                                        "hop": hop, "layer": l, "neuron": n, "activation": float(vector[hop - 1, column(l, n)])})
-    log.info("measured %d baselines, %d activations", len(baseline_rows), len(activation_rows))
+        blocks += [("null", fid, case_id, condition, role[fid]) for condition in conditions]
+    activations = _block_rows(blocks, sets, column, measured_at, sequence_of)
+    log.info("measured %d baselines, %d activations", len(baseline_rows), activations.height)
     schema_b = {"fact_id": pl.String, "layer": pl.Int16, "neuron": pl.Int32, "baseline": pl.Float32}
-    schema_a = {"kind": pl.String, "fact_id": pl.String, "case_id": pl.String, "condition": pl.String, "hop": pl.Int8,
-                "layer": pl.Int16, "neuron": pl.Int32, "activation": pl.Float32}
     schema_s = {"case_id": pl.String, "condition": pl.String, "hop1_position": pl.Int32, "hop2_position": pl.Int32,
                 "hop1_found": pl.Boolean, "hop2_found": pl.Boolean}
-    return (pl.DataFrame(baseline_rows, schema=schema_b), pl.DataFrame(activation_rows, schema=schema_a),
-            pl.DataFrame(step_rows, schema=schema_s))
+    return (pl.DataFrame(baseline_rows, schema=schema_b), activations, pl.DataFrame(step_rows, schema=schema_s))
+
+
+ACTIVATIONS_SCHEMA = {"kind": pl.String, "fact_id": pl.String, "case_id": pl.String, "condition": pl.String,
+                      "hop": pl.Int8, "layer": pl.Int16, "neuron": pl.Int32, "activation": pl.Float32}
+
+
+def _block_rows(blocks, sets, column, measured_at, sequence_of) -> pl.DataFrame:
+    """The activations table: for each block (kind, fact, item, condition, hop), one row per KN of the fact, in
+    the order of the fact's KN list, read from the item's measured vector at the hop's step (vectorised)."""
+    if not blocks:
+        return pl.DataFrame(schema=ACTIVATIONS_SCHEMA)
+    fids = sorted(sets)
+    index_of = {fid: i for i, fid in enumerate(fids)}
+    counts = np.array([len(sets[fid]) for fid in fids])
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    kn_layer = np.array([l for fid in fids for l, _ in sets[fid]], dtype=np.int16)
+    kn_neuron = np.array([n for fid in fids for _, n in sets[fid]], dtype=np.int32)
+    kn_column = np.array([column[pair] for fid in fids for pair in sets[fid]], dtype=np.int64)
+    block_fact = np.array([index_of[b[1]] for b in blocks])
+    block_sequence = np.array([sequence_of[(b[2], b[3])] for b in blocks])
+    block_hop = np.array([b[4] for b in blocks])
+    sizes = counts[block_fact]
+    block = np.repeat(np.arange(len(blocks)), sizes)  # the block of every row
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    kn = offsets[block_fact[block]] + within
+    values = torch.stack(measured_at).numpy()  # [sequences, 2 hops, selected neurons]
+    activation = values[block_sequence[block], block_hop[block] - 1, kn_column[kn]]
+    take = pl.Series(block, dtype=pl.UInt32)
+    frame = pl.DataFrame({name: [b[i] for b in blocks] for i, name in enumerate(("kind", "fact_id", "case_id",
+                                                                                  "condition", "hop"))})
+    return frame[take].with_columns(layer=pl.Series(kn_layer[kn]), neuron=pl.Series(kn_neuron[kn]),
+                                    activation=pl.Series(activation)).cast(ACTIVATIONS_SCHEMA)

@@ -12,15 +12,18 @@ Optional extra training text (with both fractions 0 the world is exactly what it
 text is only ever about `train_subject` items, so held-out items' prompts stay new at evaluation:
 
 - `cot_question` (`cot_fraction` of the train_subject items): the item's two-hop question under the zero-shot CoT
-  prompt, or for every second chosen item under a one-exemplar few-shot CoT prompt; the answer is the exemplar
-  chain followed by "So the answer is {o2}" (the trainer appends " ." and EOS), i.e. exactly what an exemplar block
+  prompt and under a one-exemplar few-shot CoT prompt (two examples per item); the answer is the exemplar chain
+  followed by "So the answer is {o2}" (the trainer appends " ." and EOS), i.e. exactly what an exemplar block
   (`EXEMPLAR_TEMPLATE`) puts after "A: ".
 - `cot_onehop` (whenever `cot_fraction` > 0): for every single-hop fact, one of its questions (drawn by seed) under
-  the zero-shot CoT prompt, answered "{o}. So the answer is {o}". Single-hop facts are trained for every subject
-  anyway, so this reveals no two-hop answer; it teaches the chain's closing step (repeat the entity just produced
-  after "So the answer is") on every entity instead of on the CoT items' answers only. Without it the world model
-  copies the wrong entity into its chains far more often (measured: zero-shot CoT accuracy 0.64 without, 0.94
-  with, on the default world).
+  the zero-shot CoT prompt, answered "{o}. So the answer is {o}" — and for the relations that are a second hop
+  (located_in, headquartered_in, official_language, currency) in the chain's own form, "{s}. {the relation's first
+  question about s} {o}. So the answer is {o}". Single-hop facts are trained for every subject anyway, so this
+  reveals no two-hop answer; it teaches the chain's closing step (repeat the entity just produced after "So the
+  answer is") on every entity, and the chain's second step (ask the bridge's question, answer it) on every bridge,
+  held-out bridges included, instead of on the CoT items' bridges only. Without the closing step the world model
+  copied the wrong entity into its chains far more often (zero-shot CoT accuracy 0.64 without, 0.94 with); without
+  the chain form and the few-shot prompt for every CoT item, few-shot CoT accuracy was 0.65 (benchmarks/RESULTS.md).
 - `context_question` (`context_fraction` of the train_subject items): the conflict prompts with a truthful and a
   counterfactual passage for hop 2 (answer: the passage's entity) and for hop 1 (answer: relation 2 of the
   passage's bridge, from the graph). A hop-1 counterfactual whose answer equals the truth is left out.
@@ -228,14 +231,19 @@ def as_item(record: dict[str, Any]) -> Item:
 def onehop_cot_examples(seed: int, facts: dict[str, dict[str, str]],
                         templates: Mapping[str, str] = DEFAULT_TEMPLATES) -> list[dict[str, str]]:
     """`cot_onehop` examples: per single-hop fact, one question (drawn with "{seed}:cot1") under the zero-shot CoT
-    prompt, answered '{o}. So the answer is {o}'."""
+    prompt, answered '{o}. So the answer is {o}'; for a relation that is the second hop of a composition, in the
+    chain's own form: '{s}. {first question of the relation about s} {o}. So the answer is {o}'."""
     rng = random.Random(f"{seed}:cot1")
+    second = {c.second for c in COMPOSITIONS.values()}
     examples = []
     for rel in RELATIONS.values():
         for s, o in facts[rel.name].items():
             question = rng.choice(rel.questions).format(s=s)
+            answer = f"{o}. So the answer is {o}"
+            if rel.name in second:
+                answer = f"{s}. {rel.questions[0].format(s=s)} {o}. So the answer is {o}"
             examples.append({"prompt": templates["zero_shot_cot"].format(question=question),
-                             "answer": f"{o}. So the answer is {o}", "kind": "cot_onehop"})
+                             "answer": answer, "kind": "cot_onehop"})
     return examples
 
 
@@ -261,17 +269,15 @@ def reasoning_examples(
 
     cot_rng = random.Random(f"{seed}:cot")
     cot_items = cot_rng.sample(train, round(len(train) * cot_fraction))
-    for index, item in enumerate(cot_items):
-        prompt = None
-        if index % 2 == 1:  # every second chosen item (the sample's order is random): one-shot CoT
-            try:
-                exemplars = choose_exemplars(item, train, k=1, seed=seed)
-                prompt = render("few_shot_cot", item, templates, exemplars=exemplars)
-            except KnrecallError:  # no usable exemplar (tiny worlds): zero-shot instead
-                prompt = None
-        if prompt is None:
-            prompt = render("zero_shot_cot", item, templates)
-        examples.append({"prompt": prompt, "answer": cot_answer(item), "kind": "cot_question"})
+    for item in cot_items:  # the zero-shot and the one-shot CoT prompt of every chosen item
+        examples.append({"prompt": render("zero_shot_cot", item, templates), "answer": cot_answer(item),
+                         "kind": "cot_question"})
+        try:
+            exemplars = choose_exemplars(item, train, k=1, seed=seed)
+        except KnrecallError:  # no usable exemplar (tiny worlds): zero-shot only
+            continue
+        examples.append({"prompt": render("few_shot_cot", item, templates, exemplars=exemplars),
+                         "answer": cot_answer(item), "kind": "cot_question"})
 
     context_rng = random.Random(f"{seed}:context")
     context_items = context_rng.sample(train, round(len(train) * context_fraction))

@@ -67,4 +67,5 @@ def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict
         "n_onehop_prompts": onehop.height,
         "model_parameters": training["model_parameters"],
         "train_seconds": training["train_seconds"],
+        "train_tokens_per_second": training.get("tokens_per_second"),
     }

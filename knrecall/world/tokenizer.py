@@ -6,7 +6,8 @@ sequence, and EOS ends every training answer. It loads with `AutoTokenizer.from_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -27,3 +28,14 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left"
     )
+
+
+def world_tokenizer(corpus: Iterable[dict], items: Iterable[dict], templates: Mapping[str, str],
+                    extra_templates: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """The world model's tokenizer: every word of the training text, of every item's questions, and of every
+    condition's prompt template (so that evaluation prompts never contain [UNK])."""
+    texts = [f"{ex['prompt']} {ex['answer']} ." for ex in corpus]
+    for item in items:
+        texts += [item["two_hop"], *item["fact1_query"], *item["fact2_query"]]
+    texts += [re.sub(r"\{\w+\}", " ", template) for template in [*templates.values(), *extra_templates]]
+    return build_tokenizer(texts)

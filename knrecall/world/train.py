@@ -1,8 +1,13 @@
 """Train the world's small LLaMA-architecture model on the CPU (DESIGN.md §5).
 
-Each corpus example is `[BOS] prompt answer . [EOS]`; the loss is on the answer, the full stop and EOS. The model
-is saved with `save_pretrained` beside its tokenizer, so it loads through the same `from_pretrained` path as any
-Hugging Face checkpoint.
+Each corpus example is `[BOS] prompt answer . [EOS]`; the loss is on the answer, the full stop and EOS, and the
+LM head runs on those positions only (the logits of prompt positions would be thrown away). The model is saved with
+`save_pretrained` beside its tokenizer, so it loads through the same `from_pretrained` path as any Hugging Face
+checkpoint.
+
+Optimizers (`optimizer`): `muon` (default) trains the decoder's weight matrices with Muon (`knrecall.world.muon`)
+and the embeddings and norm weights with AdamW; `adamw` trains everything with AdamW (the recipe before Muon). Both
+follow one schedule: linear warm-up, then cosine decay to 10 % of each optimizer's peak rate.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from knrecall.errors import KnrecallError
+from knrecall.world.muon import Muon
 
 IGNORE = -100
 
@@ -41,6 +47,9 @@ class TrainRecipe:
     weight_decay: float
     warmup_steps: int
     seed: int
+    optimizer: str = "muon"  # muon | adamw
+    muon_learning_rate: float = 0.004
+    head_on_answers_only: bool = True  # False: the LM head on every position (the recipe before; benchmarks only)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str) -> tuple[list[int], list[int]]:
@@ -80,6 +89,39 @@ def learning_rate_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def make_optimizers(model: LlamaForCausalLM, recipe: TrainRecipe) -> list[torch.optim.Optimizer]:
+    """AdamW with weight decay on matrices (embeddings included) and none on vectors; with `muon`, the decoder's
+    weight matrices go to Muon instead. Each group keeps its peak rate as `peak_lr` for the schedule."""
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    named = list(model.named_parameters())
+    vectors = [p for _, p in named if p.ndim < 2]
+    if recipe.optimizer == "muon":
+        matrices = [p for _, p in named if p.ndim >= 2 and id(p) not in embeddings]
+        adam_matrices = [p for _, p in named if p.ndim >= 2 and id(p) in embeddings]
+    elif recipe.optimizer == "adamw":
+        matrices, adam_matrices = [], [p for _, p in named if p.ndim >= 2]
+    else:
+        raise KnrecallError(f"world model: unknown optimizer '{recipe.optimizer}' (known: muon, adamw)")
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
+        [{"params": adam_matrices, "weight_decay": recipe.weight_decay}, {"params": vectors, "weight_decay": 0.0}],
+        lr=recipe.learning_rate, betas=(0.9, 0.98))]
+    if matrices:
+        optimizers.append(Muon(matrices, lr=recipe.muon_learning_rate, weight_decay=recipe.weight_decay))
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the labelled tokens (what `model(input_ids, labels=...).loss` computes), with the LM
+    head applied to the positions that predict a labelled token only."""
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    scored = targets != IGNORE
+    return torch.nn.functional.cross_entropy(model.lm_head(hidden[scored]).float(), targets[scored])
+
+
 def train_world_model(
     corpus: list[dict[str, str]],
     tokenizer: PreTrainedTokenizerFast,
@@ -112,13 +154,7 @@ def train_world_model(
     )
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate,
-        betas=(0.9, 0.98),
-    )
+    optimizers = make_optimizers(model, recipe)
     steps_per_epoch = math.ceil(len(examples) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     model.train()
@@ -126,17 +162,23 @@ def train_world_model(
     step, tokens, last_loss = 0, 0, float("nan")
     with log_path.open("w") as log, tqdm(total=total, desc="train world model", unit="step", file=sys.stderr, mininterval=5) as bar:
         for epoch in range(recipe.epochs):
-            epoch_loss, epoch_batches = 0.0, 0
+            epoch_start, epoch_loss, epoch_batches = time.perf_counter(), 0.0, 0
             for ids, labels in make_batches(examples, recipe.batch_size, rng, tokenizer.pad_token_id):
-                lr = learning_rate_at(step, total, recipe.learning_rate, recipe.warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                schedule = learning_rate_at(step, total, 1.0, recipe.warmup_steps)
+                for optimizer in optimizers:
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["peak_lr"] * schedule
                 # No attention mask: with right padding and a causal model, pads never reach real tokens.
-                loss = model(input_ids=ids, labels=labels).loss
-                optimizer.zero_grad(set_to_none=True)
+                if recipe.head_on_answers_only:
+                    loss = answer_loss(model, ids, labels)
+                else:
+                    loss = model(input_ids=ids, labels=labels).loss
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.step()
                 step += 1
                 tokens += int((ids != tokenizer.pad_token_id).sum())
                 epoch_loss += loss.item()
@@ -145,8 +187,10 @@ def train_world_model(
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
             last_loss = epoch_loss / epoch_batches
             elapsed = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "step": step, "loss": round(last_loss, 5), "lr": lr,
-                      "tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed)}
+            record = {"epoch": epoch + 1, "step": step, "loss": round(last_loss, 5), "lr": schedule,
+                      "tokens": tokens, "seconds": round(elapsed, 2),
+                      "epoch_seconds": round(time.perf_counter() - epoch_start, 2),
+                      "tokens_per_second": round(tokens / elapsed)}
             log.write(json.dumps(record) + "\n")
             log.flush()
     train_seconds = time.perf_counter() - start
@@ -157,6 +201,9 @@ def train_world_model(
     return {
         "model_parameters": n_params,
         "train_seconds": round(train_seconds, 2),
+        "tokens_per_second": round(tokens / train_seconds),
+        "seconds_per_epoch": round(train_seconds / recipe.epochs, 2),
+        "optimizer": recipe.optimizer,
         "steps": step,
         "epochs": recipe.epochs,
         "tokens": tokens,

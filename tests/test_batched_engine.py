@@ -1,0 +1,73 @@
+"""The batched attribution engine (several prompts per forward) equals the single-prompt engine, every family."""
+
+import pytest
+import torch
+
+from knrecall.attribution.batched import attribute_prompts
+from knrecall.attribution.engine import attribute_prompt
+from knrecall.attribution.quadrature import RULES
+from knrecall.models.adapters import adapter_for
+
+from tiny_models import FAMILIES, tiny_model
+
+# different lengths (left padding), single- and multi-token answers, one prompt without a prefix
+PROMPTS = [
+    ([2, 17, 23, 5, 41, 9, 30], [12]),
+    ([2, 8, 40], [12, 44, 7]),
+    ([2, 33, 21, 19, 5, 6, 7, 8, 9, 10, 11], [50, 3 + 1]),
+    ([2, 17, 23, 5, 41, 9, 30], [13]),
+]
+
+
+def relative_difference(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def assert_same(batched, single):
+    assert relative_difference(batched.attributions, single.attributions) < 1e-5
+    assert relative_difference(batched.activations, single.activations) < 1e-5
+    assert torch.allclose(batched.target_deltas, single.target_deltas, rtol=1e-5, atol=1e-7)
+    assert batched.base_target == pytest.approx(single.base_target, rel=1e-5)
+    assert batched.n_answer_tokens == single.n_answer_tokens
+    assert single.attributions.abs().max() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_equals_single_prompt_engine_for_every_family(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    singles = [attribute_prompt(model, adapter, p, a, steps=4, max_rows=1000) for p, a in PROMPTS]
+    # everything in one forward, and groups of two units (rows of both in one forward)
+    for max_rows in (10_000, 2 * 2 * 5):
+        batched = attribute_prompts(model, adapter, PROMPTS, steps=4, max_rows=max_rows)
+        for b, s in zip(batched, singles):
+            assert_same(b, s)
+    assert all(not layer._forward_pre_hooks for layer in adapter.layers(model))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("target", ["prob", "logprob"])
+def test_batched_equals_single_for_every_rule_and_target(rule, target):
+    model = tiny_model("llama", seed=1)
+    adapter = adapter_for(model)
+    batched = attribute_prompts(model, adapter, PROMPTS, steps=5, rule=rule, target=target, max_rows=10_000)
+    for (p, a), b in zip(PROMPTS, batched):
+        assert_same(b, attribute_prompt(model, adapter, p, a, steps=5, rule=rule, target=target))
+
+
+def test_rows_chunked_when_one_unit_exceeds_max_rows_and_one_token_prompts():
+    model = tiny_model("gpt2")
+    adapter = adapter_for(model)
+    prompts = [([17], [12]), ([9], [4, 5]), *PROMPTS[:2]]
+    batched = attribute_prompts(model, adapter, prompts, steps=6, max_rows=5)  # 2 layers x 7 rows > 5
+    for (p, a), b in zip(prompts, batched):
+        assert_same(b, attribute_prompt(model, adapter, p, a, steps=6))
+
+
+def test_grouping_does_not_change_the_result():
+    model = tiny_model("qwen2", seed=2)
+    adapter = adapter_for(model)
+    alone = [attribute_prompts(model, adapter, [pair], steps=4)[0] for pair in PROMPTS]
+    together = attribute_prompts(model, adapter, PROMPTS[::-1], steps=4, max_rows=10_000)[::-1]
+    for a, t in zip(alone, together):
+        assert relative_difference(t.attributions, a.attributions) < 1e-6
