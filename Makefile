@@ -1,6 +1,8 @@
 # Two commands set up and run everything on a fresh machine: `make demo` and `make test`.
 # The venv lives in .venv; torch is pinned to the CPU build that this kind of machine has on disk first,
-# so that the package's own torch range is satisfied without pulling a multi-GB CUDA build.
+# so that the package's own torch range is satisfied without pulling a multi-GB CUDA build. The package and its
+# other dependencies are installed with uv (several times faster than pip; it keeps the torch already there), or
+# with pip where uv cannot be installed.
 VENV    ?= .venv
 PYTHON  ?= python3
 TORCH   ?= torch==2.13.0
@@ -15,7 +17,8 @@ $(BIN)/knrecall: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e ".[test]" \
+	  || $(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
 setup: $(BIN)/knrecall
@@ -27,8 +30,11 @@ demo: setup  ## run the main job on the embedded world (profile: profiles/defaul
 	@$(BIN)/python -m knrecall timings
 	@echo "report: results/report/index.html"
 
+# Two test processes (pytest-xdist); tests/conftest.py groups the slow workflow tests so that the runs they share
+# are made once.
+TEST_WORKERS ?= 2
 test: setup chromium  ## run the test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The report test renders the page in headless Chromium: Debian's package, installed here when missing (as root,
 # or with sudo); where that is impossible the test is skipped with the reason.

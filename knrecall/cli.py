@@ -328,12 +328,12 @@ def cmd_measure(args: argparse.Namespace) -> None:
 def cmd_recall(args: argparse.Namespace) -> None:
     import polars as pl
 
+    from knrecall.attribution.kns import refined_sets
     from knrecall.config import RecallParams, parse_params
     from knrecall.data.facts import facts_of
     from knrecall.data.items import read_items
     from knrecall.io import provenance, read_parquet, write_json, write_parquet
     from knrecall.recall.analysis import analyse
-    from knrecall.recall.measure import refined_sets
 
     payload = rule_payload(args.params, "recall", ("recall", "seed"))
     params = parse_params(payload["recall"], "--params (recall)", RecallParams)
@@ -357,11 +357,11 @@ def cmd_recall(args: argparse.Namespace) -> None:
 def cmd_intervene(args: argparse.Namespace) -> None:
     import polars as pl
 
+    from knrecall.attribution.kns import refined_sets
     from knrecall.config import AnswerParams, InterventionParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.interventions.run import Settings, run_shard
     from knrecall.io import provenance, read_parquet, write_parquet
-    from knrecall.recall.measure import refined_sets
 
     payload = rule_payload(args.params, "intervene", ("interventions", "answer", "prompts", "model", "seed"))
     params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)

@@ -28,3 +28,39 @@ TINY_PARAMS = {
 def knrecall_cmd():
     """The CLI as a subprocess argv prefix, with the venv's interpreter."""
     return [sys.executable, "-m", "knrecall"]
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory):
+    """One uninterrupted run of the tiny workflow (TINY_PARAMS, profiles/default), shared by every test that
+    inspects such a run or compares with one (the workflow, kill/resume and SLURM tests), so that it runs once per
+    test process instead of once per module. Tests may run dry runs in it and restore what they edit; to change it,
+    copy it first."""
+    from workflow_helpers import copy_workflow, snakemake
+
+    project = copy_workflow(tmp_path_factory.mktemp("tiny") / "proj")
+    snakemake(project)
+    return project
+
+
+# With pytest-xdist (`make test` runs two test processes), the slow workflow modules are sent to the processes in two
+# groups, each group's tests to one process in turn, so that the session fixtures they share (the tiny reference run,
+# the kill/resume chain, the two-model run) are computed once, and the two groups take about as long. Every other
+# test is scheduled one by one (xdist's "load"). (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
+TEST_GROUPS = {
+    "test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference",
+    "test_slurm.py": "slurm_dvc_two_models", "test_dvc.py": "slurm_dvc_two_models",
+    "test_two_models.py": "slurm_dvc_two_models",
+}
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # plain pytest: nothing to schedule
+    pass
+else:
+    class GroupedScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return TEST_GROUPS.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return GroupedScheduling(config, log)

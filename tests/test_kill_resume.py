@@ -50,7 +50,8 @@ LOCKED = "Directory cannot be locked"
 
 # Columns and keys that hold wall-clock times, which no two runs share.
 TIMING_COLUMNS = {"seconds"}
-TIMING_KEYS = {"train_seconds", "seconds_per_prompt", "seconds"}
+TIMING_KEYS = {"train_seconds", "train_tokens_per_second", "tokens_per_second", "seconds_per_epoch", "seconds_per_prompt",
+               "seconds", "epoch_seconds"}
 INTERVENTION_KEYS = ["case_id", "condition", "intervention", "control_seed"]
 
 FINAL_OUTPUTS = ["results/predictions/world.parquet", "results/kns/world.parquet",
@@ -368,23 +369,22 @@ def _recorded_shards(project: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def projects(tmp_path_factory):
-    """The reference and the to-be-killed project, copied at the same moment (same code, same params)."""
+# Session-scoped (computed once per test process): with pytest-xdist this module's tests may be interleaved with
+# other modules' in one worker, and a module-scoped chain would then be set up again each time they come back.
+@pytest.fixture(scope="session")
+def projects(tiny_reference, tmp_path_factory):
+    """The reference (the session's uninterrupted tiny run: same code, same params) and the to-be-killed project."""
     base = tmp_path_factory.mktemp("kill-resume")
-    return copy_workflow(base / "reference"), copy_workflow(base / "killed"), base
+    return tiny_reference, copy_workflow(base / "killed"), base
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(projects):
     project, _, _ = projects
-    started = time.monotonic()
-    snakemake(project)
-    print(f"\n[kill-resume] uninterrupted reference run: {time.monotonic() - started:.0f} s")
     return project
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chain(projects, reference) -> Chain:
     _, project, base = projects
     started = time.monotonic()

@@ -33,7 +33,7 @@ def _checkpoint(folder, family: str, texts: list[str]) -> None:
     tokenizer.save_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process, however pytest-xdist interleaves this module's tests
 def two_model_run(tmp_path_factory):
     project = copy_workflow(tmp_path_factory.mktemp("two") / "proj")
     records = json.loads((FIXTURES / "tfrkn_real.json").read_text())

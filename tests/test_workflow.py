@@ -69,10 +69,8 @@ def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    project = copy_workflow(tmp_path_factory.mktemp("tiny") / "proj")
-    snakemake(project)
-    return project
+def tiny_run(tiny_reference):
+    return tiny_reference
 
 
 def test_tiny_run_writes_every_output(tiny_run):

@@ -106,3 +106,11 @@ def select_kns(neurons: pl.DataFrame, prompts: pl.DataFrame, selection: Selectio
         "mean_refined_kns_per_fact": mean_count(refined, prompts_per_fact.height),
     }
     return table, info
+
+
+def refined_sets(kns: pl.DataFrame) -> dict[str, list[tuple[int, int]]]:
+    refined = kns.filter(pl.col("level") == "refined").sort("fact_id", "layer", "neuron")
+    sets: dict[str, list[tuple[int, int]]] = {}
+    for row in refined.iter_rows(named=True):
+        sets.setdefault(row["fact_id"], []).append((row["layer"], row["neuron"]))
+    return sets

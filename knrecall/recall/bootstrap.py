@@ -2,9 +2,9 @@
 
 Method. Draw `n_resamples` resamples of the units (values, items or pairs) with replacement, each the size of the
 sample, compute the statistic on each, and return the (1 − level)/2 and (1 + level)/2 quantiles of those statistics
-(linear interpolation, numpy's default). Resample indices come from `torch.randint` with a CPU `torch.Generator`
-seeded by `seed`, so a result is deterministic for a given seed and input; the resamples are vectorized as one
-(n_resamples × n) index matrix (float64 throughout).
+(linear interpolation, numpy's default). Resample indices come from numpy's `Generator(PCG64(seed))`, so a result is
+deterministic for a given seed and input; the resamples are vectorized as one (n_resamples × n) index matrix
+(float64 throughout). numpy, not torch: the rules that only compute statistics start without importing torch.
 
 * `bootstrap_ci`: one sample, statistic "mean" / "median" (vectorized) or any callable on a list of floats.
 * `bootstrap_share_ci`: a ratio of category counts (e.g. MH = TT/(TT+FT)) over per-item categories: resample items,
@@ -24,15 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import polars as pl
-import torch
 
 from knrecall.errors import KnrecallError
 
 Statistic = str | Callable[[list[float]], float]
 
 
-def _values(values, name: str) -> torch.Tensor:
+def _values(values, name: str) -> np.ndarray:
     if isinstance(values, pl.Series):
         if values.null_count():
             raise KnrecallError(f"{name}: {values.null_count()} null value(s)")
@@ -42,8 +42,8 @@ def _values(values, name: str) -> torch.Tensor:
         raise KnrecallError(f"{name}: no values")
     if any(v is None for v in vals):
         raise KnrecallError(f"{name}: null value(s)")
-    t = torch.tensor([float(v) for v in vals], dtype=torch.float64)
-    if torch.isnan(t).any():
+    t = np.array([float(v) for v in vals], dtype=np.float64)
+    if np.isnan(t).any():
         raise KnrecallError(f"{name}: NaN value(s)")
     return t
 
@@ -55,31 +55,31 @@ def _check(n_resamples: int, level: float) -> None:
         raise KnrecallError(f"level must be in (0, 1), got {level}")
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(int(seed))
+def _generator(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(int(seed)))
 
 
-def _indices(n: int, n_resamples: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, n, (n_resamples, n), generator=gen)
+def _indices(n: int, n_resamples: int, gen: np.random.Generator) -> np.ndarray:
+    return gen.integers(0, n, size=(n_resamples, n))
 
 
-def _interval(stats: torch.Tensor, level: float) -> tuple[float, float]:
+def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1.0 - level) / 2.0
-    q = torch.quantile(stats, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64), interpolation="linear")
+    q = np.quantile(stats, [alpha, 1.0 - alpha], method="linear")
     return float(q[0]), float(q[1])
 
 
-def _apply(samples: torch.Tensor, statistic: Statistic) -> torch.Tensor:
+def _apply(samples: np.ndarray, statistic: Statistic) -> np.ndarray:
     """The statistic of each row of `samples` (n_resamples × n)."""
     if statistic == "mean":
-        return samples.mean(dim=1)
+        return samples.mean(axis=1)
     if statistic == "median":  # the mean of the two middle values for even n, as statistics.median
-        s = samples.sort(dim=1).values
+        s = np.sort(samples, axis=1)
         n = s.shape[1]
         return (s[:, (n - 1) // 2] + s[:, n // 2]) / 2.0
     if isinstance(statistic, str):
         raise KnrecallError(f"unknown statistic {statistic!r}; use 'mean', 'median' or a callable")
-    return torch.tensor([float(statistic(row.tolist())) for row in samples], dtype=torch.float64)
+    return np.array([float(statistic(row.tolist())) for row in samples], dtype=np.float64)
 
 
 def bootstrap_ci(values: Iterable[float] | pl.Series, statistic: Statistic = "mean", n_resamples: int = 1000,
@@ -106,10 +106,10 @@ def bootstrap_share_ci(categories: Iterable[str] | pl.Series, numerator: Sequenc
         raise KnrecallError("categories: no items")
     if any(v is None for v in labels):
         raise KnrecallError("categories: null label(s)")
-    num = torch.tensor([lab in numerator for lab in labels], dtype=torch.float64)
-    den = torch.tensor([lab in denominator for lab in labels], dtype=torch.float64)
+    num = np.array([lab in numerator for lab in labels], dtype=np.float64)
+    den = np.array([lab in denominator for lab in labels], dtype=np.float64)
     idx = _indices(len(labels), n_resamples, _generator(seed))
-    n_num, n_den = num[idx].sum(dim=1), den[idx].sum(dim=1)
+    n_num, n_den = num[idx].sum(axis=1), den[idx].sum(axis=1)
     ok = n_den > 0
     if not ok.any():
         return None, None
@@ -133,7 +133,7 @@ def paired_ratio_ci(a: Iterable[float] | pl.Series, b: Iterable[float] | pl.Seri
     if len(x) != len(y):
         raise KnrecallError(f"paired_ratio_ci: a has {len(x)} values, b has {len(y)}")
     idx = _indices(len(x), n_resamples, _generator(seed))
-    num, den = x[idx].mean(dim=1), y[idx].mean(dim=1)
+    num, den = x[idx].mean(axis=1), y[idx].mean(axis=1)
     ok = den != 0
     if not ok.any():
         return None, None
@@ -148,7 +148,7 @@ def difference_ci(a: Iterable[float] | pl.Series, b: Iterable[float] | pl.Series
     gen = _generator(seed)
     ix = _indices(len(x), n_resamples, gen)
     iy = _indices(len(y), n_resamples, gen)
-    return _interval(x[ix].mean(dim=1) - y[iy].mean(dim=1), level)
+    return _interval(x[ix].mean(axis=1) - y[iy].mean(axis=1), level)
 
 
 def category_share_cis(cats: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,

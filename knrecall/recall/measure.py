@@ -22,6 +22,7 @@ import torch
 
 from knrecall.data.conditions import single_hop_prompt
 from knrecall.data.facts import facts_of
+from knrecall.attribution.kns import refined_sets
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
@@ -32,14 +33,6 @@ from knrecall.targets import teacher_forced_contexts
 
 log = logging.getLogger(__name__)
 COT_CONDITIONS = ("zero_shot_cot", "few_shot_cot")
-
-
-def refined_sets(kns: pl.DataFrame) -> dict[str, list[tuple[int, int]]]:
-    refined = kns.filter(pl.col("level") == "refined").sort("fact_id", "layer", "neuron")
-    sets: dict[str, list[tuple[int, int]]] = {}
-    for row in refined.iter_rows(named=True):
-        sets.setdefault(row["fact_id"], []).append((row["layer"], row["neuron"]))
-    return sets
 
 
 def _variants(tokenizer, entity: str, aliases) -> list[list[int]]:

@@ -20,11 +20,11 @@ from typing import Any
 
 import polars as pl
 
+from knrecall.attribution.kns import refined_sets
 from knrecall.data.facts import facts_of
 from knrecall.data.items import read_items
 from knrecall.errors import KnrecallError
 from knrecall.io import atomic_path, read_metadata, read_parquet
-from knrecall.recall.measure import refined_sets
 from knrecall.report import FIGURES, figures
 from knrecall.report.page import render_page
 
