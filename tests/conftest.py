@@ -6,6 +6,11 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes on two cores: one torch thread each (idle OpenMP threads spin, so two threads per process
+    # would make them fight), set before torch is imported. Subprocesses inherit it; the workflow's rules still set
+    # their own thread counts.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -43,15 +48,23 @@ def tiny_reference(tmp_path_factory):
     return project
 
 
-# With pytest-xdist (`make test` runs two test processes), the slow workflow modules are sent to the processes in two
-# groups, each group's tests to one process in turn, so that the session fixtures they share (the tiny reference run,
-# the kill/resume chain, the two-model run) are computed once, and the two groups take about as long. Every other
-# test is scheduled one by one (xdist's "load"). (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
-TEST_GROUPS = {
-    "test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference",
-    "test_slurm.py": "slurm_dvc_two_models", "test_dvc.py": "slurm_dvc_two_models",
-    "test_two_models.py": "slurm_dvc_two_models",
-}
+# With pytest-xdist (`make test` runs two test processes), the tests are sent to the processes a module at a time
+# (xdist's "loadscope", so module fixtures are built once), except that the workflow and kill/resume modules go
+# together, since the session fixtures they share (the tiny reference run, the kill/resume chain) should be made
+# once. The slowest units are collected first, so that neither process is left with a long one at the end.
+# (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
+TEST_GROUPS = {"test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference"}
+SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_dvc.py", "test_two_models.py"]
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item.nodeid), len(rank)))  # stable: the rest keep their order
+
 
 try:
     from xdist.scheduler import LoadScopeScheduling
@@ -60,7 +73,7 @@ except ImportError:  # plain pytest: nothing to schedule
 else:
     class GroupedScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return TEST_GROUPS.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], nodeid)
+            return TEST_GROUPS.get(_module(nodeid)) or super()._split_scope(nodeid)
 
     def pytest_xdist_make_scheduler(config, log):
         return GroupedScheduling(config, log)
