@@ -19,7 +19,9 @@ include: "rules/answer.smk"
 include: "rules/attribution.smk"
 include: "rules/recall.smk"
 include: "rules/interventions.smk"
+include: "rules/validation.smk"
 include: "rules/report.smk"
+include: "rules/validate.smk"
 
 
 onsuccess:

@@ -33,13 +33,13 @@ from knrecall.data.conditions import (
     render,
     single_hop_prompt,
 )
+from knrecall.data.correctness import ANSWER_MARKER, extract_span, is_correct, normalize  # noqa: F401
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.targets import answer_token_ids
 
 COT_CONDITIONS = ("zero_shot_cot", "few_shot_cot")
 CONFLICT_HOPS = {"conflict_hop1": 1, "conflict_hop2": 2}
-ANSWER_MARKER = re.compile(r"so the answer is", re.IGNORECASE)
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -77,26 +77,6 @@ class PlannedPrompt:
     paraphrase: int
     query: Query
     context_answer: str | None = None
-
-
-def normalize(text: str) -> str:
-    text = re.sub(r"\s+([?.!,:;])", r"\1", text.lower())
-    return " ".join(re.findall(r"\w+|[^\w\s]", text))
-
-
-def extract_span(generation: str, cot: bool = False) -> str:
-    if cot:
-        markers = list(ANSWER_MARKER.finditer(generation))
-        if markers:
-            return extract_span(generation[markers[-1].end() :])
-        sentences = [s.strip() for s in re.split(r"[.\n]", generation) if s.strip()]
-        return sentences[-1] if sentences else ""
-    return re.split(r"[.\n]", generation, maxsplit=1)[0].strip()
-
-
-def is_correct(span: str, gold: str, aliases: tuple[str, ...]) -> bool:
-    haystack = f" {normalize(span)} "
-    return any(f" {normalize(name)} " in haystack for name in (gold, *aliases) if name.strip())
 
 
 def chain_names_bridge(generation: str, bridge: str, aliases: list[str]) -> bool:

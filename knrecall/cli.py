@@ -75,7 +75,8 @@ def cmd_world_generate(args: argparse.Namespace) -> None:
     size = WorldSize(world.people, world.cities, world.countries, world.companies, world.languages, world.currencies)
     generated = generate_world(args.seed, size, world.heldout_subject_fraction, world.heldout_bridge_fraction,
                                world.shortcut_fraction, templates["direct"], cot_fraction=world.cot_fraction,
-                               context_fraction=world.context_fraction, templates=templates)
+                               context_fraction=world.context_fraction, pathway_fraction=world.pathway_fraction,
+                               templates=templates)
     out = Path(args.out_dir)
     write_json(generated["items"], out / "items.json")
     write_jsonl(generated["corpus"], out / "corpus.jsonl")
@@ -97,16 +98,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def read_json_list(path: Path) -> list:
+def read_json_file(path: Path, kind: type, what: str):
+    """A JSON file holding a `kind` (list or dict); a missing, unreadable or other file is one line naming it."""
     if not path.exists():
         raise KnrecallError(f"{path}: file not found")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise KnrecallError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, list):
-        raise KnrecallError(f"{path}: expected a JSON list of items")
+    if not isinstance(data, kind):
+        raise KnrecallError(f"{path}: expected {what}")
     return data
+
+
+def read_json_list(path: Path) -> list:
+    return read_json_file(path, list, "a JSON list of items")
 
 
 def cmd_world_train(args: argparse.Namespace) -> None:
@@ -241,10 +247,10 @@ def cmd_select_kns(args: argparse.Namespace) -> None:
 def cmd_merge_metrics(args: argparse.Namespace) -> None:
     from knrecall.io import write_json
 
-    merged = {}
-    for path in args.inputs:
+    merged: dict = {}
+    for path in args.inputs:  # several files of one model (its summary, its scoreboard) are merged key by key
         data = json.loads(Path(path).read_text())
-        merged[data["model"]] = data
+        merged.setdefault(data["model"], {}).update(data)
     write_json({"models": merged}, args.out)
 
 
@@ -315,12 +321,14 @@ def cmd_measure(args: argparse.Namespace) -> None:
     predictions = pl.from_arrow(read_parquet(args.predictions))
     kns = pl.from_arrow(read_parquet(args.kns))
     spec, model, tokenizer = load_rule_model(payload, args)
-    baselines, activations, steps = measure(items, predictions, kns, model, tokenizer, payload["prompts"],
-                                            params.null_per_fact, payload["seed"], args.batch_size)
+    baselines, activations, steps, profile = measure(items, predictions, kns, model, tokenizer, payload["prompts"],
+                                                     params.null_per_fact, payload["seed"], args.batch_size,
+                                                     params.profile_items)
     meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
                                       "dtype": spec.dtype}, device=args.device)
     write_parquet(baselines.to_arrow(), args.baselines, meta)
     write_parquet(steps.to_arrow(), args.steps, meta)
+    write_parquet(profile.to_arrow(), args.profile, meta)
     write_parquet(activations.to_arrow(), args.out, meta)
     logging.info("measured %d activations -> %s", activations.height, args.out)
 
@@ -345,15 +353,62 @@ def cmd_recall(args: argparse.Namespace) -> None:
     link_table = pl.DataFrame([(c, h, f, len(sets.get(f, []))) for c, h, f in links],
                               schema={"case_id": pl.String, "hop": pl.Int8, "fact_id": pl.String, "n_kns": pl.Int64},
                               orient="row")
-    table, metrics = analyse(items, predictions, pl.from_arrow(read_parquet(args.baselines)),
-                             pl.from_arrow(read_parquet(args.activations)), link_table,
-                             params.model_dump(mode="json"), payload["seed"])
-    write_parquet(table.to_arrow(), args.out, provenance(payload, model={"name": args.model_name}))
+    table, metrics, scores, null_scores = analyse(items, predictions, pl.from_arrow(read_parquet(args.baselines)),
+                                                  pl.from_arrow(read_parquet(args.activations)), link_table,
+                                                  params.model_dump(mode="json"), payload["seed"])
+    meta = provenance(payload, model={"name": args.model_name})
+    write_parquet(scores.to_arrow(), args.scores, meta)
+    write_parquet(null_scores.to_arrow(), args.null_scores, meta)
+    write_parquet(table.to_arrow(), args.out, meta)
     write_json({"model": args.model_name, **metrics}, args.summary)
     logging.info("recall: %d rows -> %s", table.height, args.out)
 
 
 # ----------------------------------------------------------------------------------------------- interventions
+def cmd_causal(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.attribution.kns import refined_sets
+    from knrecall.config import InterventionParams, parse_params
+    from knrecall.data.items import read_items
+    from knrecall.interventions.causal import causal_effects
+    from knrecall.io import provenance, read_parquet, write_parquet
+
+    payload = rule_payload(args.params, "causal", ("interventions", "model", "seed"))
+    params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
+    set_threads(args.threads)
+    items = read_items(args.items)
+    predictions = pl.from_arrow(read_parquet(args.predictions))
+    refined = refined_sets(pl.from_arrow(read_parquet(args.kns)))
+    spec, model, tokenizer = load_rule_model(payload, args)
+    table, skipped = causal_effects(items, predictions, refined, model, tokenizer, params.suppress_factor,
+                                    params.causal_random_seeds, args.model_name, args.batch_size)
+    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
+                                      "dtype": spec.dtype}, device=args.device, skipped=skipped)
+    write_parquet(table.to_arrow(), args.out, meta)
+    logging.info("causal effects: %d rows -> %s (skipped: %s)", table.height, args.out, skipped or "none")
+
+
+def cmd_scoreboard(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from knrecall.config import RecallParams, parse_params
+    from knrecall.io import read_parquet, write_json
+    from knrecall.validation.scoreboard import scoreboard
+
+    payload = rule_payload(args.params, "scoreboard", ("recall", "seed"))
+    params = parse_params(payload["recall"], "--params (recall)", RecallParams)
+    frames = {name: pl.from_arrow(read_parquet(path)) for name, path in
+              (("items", args.items), ("predictions", args.predictions), ("scores", args.scores),
+               ("null_scores", args.null_scores), ("causal", args.causal))}
+    board = scoreboard(frames["items"], frames["predictions"], frames["scores"], frames["null_scores"],
+                       frames["causal"], {"variant": params.delta, "position": params.position},
+                       params.bootstrap_resamples, payload["seed"])
+    write_json({"model": args.model_name, "scoreboard": board}, args.out)
+    logging.info("scoreboard: %d rows; the rule chooses %s -> %s", len(board["rows"]), board["rule"]["chosen"],
+                 args.out)
+
+
 def cmd_intervene(args: argparse.Namespace) -> None:
     import polars as pl
 
@@ -501,6 +556,42 @@ def cmd_timings(args: argparse.Namespace) -> None:
     print(f"per-rule wall times ({args.metadata}):\n\n{timing_table(job_records(args.metadata))}\n")
 
 
+# ------------------------------------------------------------------------------------------------ validate-worlds
+def read_metrics_json(path: str) -> dict:
+    """A metrics JSON file (a JSON object); a missing or unreadable file is one line naming it."""
+    return read_json_file(Path(path), dict, "a JSON object")
+
+
+def cmd_validate_worlds(args: argparse.Namespace) -> None:
+    from knrecall.io import atomic_path, write_json
+    from knrecall.validation.replicate import render_html, replicate
+
+    if len(args.seeds) < 2:
+        raise KnrecallError("validate-worlds: give at least two --seeds (the workflow's target needs the embedded "
+                            "world, dataset.source: world, and a model with path 'world')")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise KnrecallError(f"validate-worlds: --seeds repeat a seed: {args.seeds}")
+    if len(args.recall) != len(args.seeds) or (args.world and len(args.world) != len(args.seeds)):
+        raise KnrecallError(f"validate-worlds: give one --recall (and one --world) file per seed: {len(args.seeds)} "
+                            f"seeds, {len(args.recall)} recall, {len(args.world or [])} world files")
+    per_seed = {seed: {"recall": read_metrics_json(recall),
+                       "world": read_metrics_json(args.world[i]) if args.world else {}}
+                for i, (seed, recall) in enumerate(zip(args.seeds, args.recall))}
+    if args.model:
+        for seed, recall in zip(args.seeds, args.recall):
+            if args.model not in (per_seed[seed]["recall"].get("models") or {}):
+                raise KnrecallError(f"{recall}: no model '{args.model}' under 'models'")
+    result = replicate(per_seed, args.model)
+    write_json(result, args.out)
+    if args.html:
+        with atomic_path(args.html) as tmp:
+            tmp.write_text(render_html(result))
+    s = result["summary"]
+    logging.info("validate-worlds: %d seeds, %d figures with a sign reference, %d agree, %d robust; same rule choice "
+                 "in every seed: %s -> %s", len(args.seeds), s["n_figures"], s["n_agree"], s["n_robust"],
+                 result["same_choice_every_seed"], args.out)
+
+
 # ------------------------------------------------------------------------------------------------------ schema
 def cmd_schema(args: argparse.Namespace) -> None:
     from knrecall.config import schema_yaml
@@ -521,6 +612,15 @@ def cmd_check_params(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- main
+def model_run_arguments(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """The arguments of a subcommand that runs a model over batches of sequences."""
+    p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="sequences per forward (runtime knob)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="knrecall", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"knrecall {__version__}")
@@ -622,13 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True, help="the model's predictions.parquet (generated ids)")
     p.add_argument("--kns", required=True, help="the model's kns.parquet")
     p.add_argument("--params", required=True, help="JSON with 'recall', 'prompts', 'model' and 'seed'")
-    p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
-    p.add_argument("--model-name", default="")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (runtime knob)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    model_run_arguments(p, batch_size=16)
     p.add_argument("--baselines", required=True, help="output: baselines Parquet")
     p.add_argument("--steps", required=True, help="output: reasoning-step positions Parquet")
+    p.add_argument("--profile", required=True, help="output: per-position profile Parquet")
     p.add_argument("--out", required=True, help="output: activations Parquet")
     p.set_defaults(func=cmd_measure)
 
@@ -638,11 +735,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kns", required=True)
     p.add_argument("--baselines", required=True)
     p.add_argument("--activations", required=True)
+    p.add_argument("--scores", required=True, help="output: every score variant x position per item (Parquet)")
+    p.add_argument("--null-scores", required=True, help="output: every score variant x position of the null samples")
     p.add_argument("--params", required=True, help="JSON with 'recall' and 'seed'")
     p.add_argument("--model-name", default="")
     p.add_argument("--out", required=True, help="per item, condition and hop Parquet")
     p.add_argument("--summary", required=True, help="the model's recall metrics (JSON)")
     p.set_defaults(func=cmd_recall)
+
+    p = sub.add_parser("causal", help="per-item causal effects: gold probability with each hop's KNs suppressed")
+    p.add_argument("--items", required=True, help="items.parquet")
+    p.add_argument("--predictions", required=True, help="the model's predictions.parquet (its own chains)")
+    p.add_argument("--kns", required=True, help="the model's kns.parquet")
+    p.add_argument("--params", required=True, help="JSON with 'interventions', 'model' and 'seed'")
+    model_run_arguments(p, batch_size=64)
+    p.add_argument("--out", required=True, help="output: causal.parquet")
+    p.set_defaults(func=cmd_causal)
+
+    p = sub.add_parser("scoreboard", help="the validation scoreboard of every KN score variant x position")
+    p.add_argument("--items", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--scores", required=True, help="the recall phase's scores.parquet")
+    p.add_argument("--null-scores", required=True, help="the recall phase's null_scores.parquet")
+    p.add_argument("--causal", required=True, help="the per-item causal effects (causal.parquet)")
+    p.add_argument("--params", required=True, help="JSON with 'recall' and 'seed'")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--out", required=True, help="output: scoreboard.json")
+    p.set_defaults(func=cmd_scoreboard)
 
     p = sub.add_parser("intervene", help="scale KNs (and random controls) during generation, one shard of items")
     p.add_argument("--items", required=True, help="items.parquet")
@@ -712,6 +831,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("timings", help="per-rule wall times of the last run, from Snakemake's job records")
     p.add_argument("--metadata", default=".snakemake/metadata", help="Snakemake's metadata folder")
     p.set_defaults(func=cmd_timings)
+
+    p = sub.add_parser("validate-worlds", help="replication across worlds: every scoreboard figure per seed and "
+                       "across seeds (mean, spread, sign agreement, robust)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[], required=True, help="the world seeds, in file order")
+    p.add_argument("--recall", nargs="*", default=[], required=True, help="each seed's metrics/recall.json")
+    p.add_argument("--world", nargs="*", default=[], help="each seed's metrics/world.json (pathway shares)")
+    p.add_argument("--model", help="the model's name in recall.json (default: its first model)")
+    p.add_argument("--out", required=True, help="the aggregate (JSON)")
+    p.add_argument("--html", help="the report section (a standalone HTML page)")
+    p.set_defaults(func=cmd_validate_worlds)
 
     p = sub.add_parser("schema", help="print or write the JSON Schema of params.yaml (YAML form)")
     p.add_argument("--out", help="file to write (default: stdout)")

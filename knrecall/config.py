@@ -44,6 +44,13 @@ class WorldParams(Strict):
     heldout_subject_fraction: float = Field(0.3, ge=0, le=1, description="Share of subjects whose two-hop questions are never trained.")
     heldout_bridge_fraction: float = Field(0.15, ge=0, le=1, description="Share of bridge entities no trained two-hop question passes through.")
     shortcut_fraction: float = Field(0.3, ge=0, le=1, description="Share of held-out items that get planted shortcut sentences (s -> o2).")
+    pathway_fraction: float = Field(
+        0.25, ge=0, le=1,
+        description="Share of the held-out items without a planted shortcut that get a conflicting shortcut instead "
+        "(the composition's statements with s -> o2', o2' another entity of the answer's type), so that the answer "
+        "tells which pathway won: o2 (composition through the bridge) or o2' (the shortcut). These items are left "
+        "out of the accuracy figures and reported apart. 0 leaves the world exactly as without it.",
+    )
     cot_fraction: float = Field(
         1.0, ge=0, le=1,
         description="Share of train_subject items whose training text also has a chain-of-thought example (their "
@@ -128,7 +135,16 @@ class KnsParams(Strict):
 
 
 class RecallParams(Strict):
-    delta: Literal["ratio", "difference"] = Field("ratio", description="KN score: mean a_i / b_i (ratio) or mean a_i - b_i (difference).")
+    delta: Literal["ratio", "difference", "projection", "ratio_of_sums"] = Field(
+        "ratio", description="KN score variant of the reported recall decisions (TT/TF/FT/FF, MH/SC): mean a_i / b_i "
+        "(ratio, the paper's reading), mean a_i - b_i (difference), sum a_i b_i / sum b_i^2 (projection) or "
+        "sum a_i / sum b_i (ratio_of_sums). The scoreboard evaluates every variant.")
+    position: Literal["step", "last_prompt", "subject_last"] = Field(
+        "step", description="Where in the two-hop sequence the reported KN score is read: the hop's reasoning step "
+        "(the last prompt token without chain of thought), the last prompt token, or the subject's last token. The "
+        "scoreboard evaluates every position.")
+    profile_items: int = Field(40, ge=0, description="Items (a deterministic sample) whose KN scores are profiled "
+                               "at every prompt position x layer group (0: no profile).")
     threshold: Literal["null", "fixed"] = Field("null", description="Recall decision: above the null-distribution quantile of the fact's KN set (null) or above tau (fixed).")
     tau: float = Field(1.0, description="The fixed threshold (threshold: fixed).")
     null_quantile: float = Field(0.95, gt=0, lt=1, description="Quantile of the null distribution used as threshold.")
@@ -148,7 +164,19 @@ class InterventionParams(Strict):
         "token, or every position of prompt and generation.")
     max_items: int | None = Field(
         None, ge=1, description="Intervene on at most this many items (a deterministic sample by seed); null: every item.")
+    causal_random_seeds: int = Field(
+        1, ge=0, description="Layer-matched random-neuron controls per item, condition and hop in the per-item causal "
+        "effects (control seeds 0 .. n-1, the same neurons as the interventions' controls of those seeds).")
     shards: int = Field(2, ge=1, description="Intervention shards (jobs); items are assigned by a hash of their case id.")
+
+
+class ValidationParams(Strict):
+    world_seeds: int = Field(
+        3, ge=2,
+        description="Worlds that `snakemake validate_worlds` builds and measures side by side (seeds seed, seed + 1, "
+        "..., seed + world_seeds - 1), to test whether each scoreboard finding replicates across worlds; a finding is "
+        "robust only when every seed agrees in sign. Not part of the default run.",
+    )
 
 
 class Params(Strict):
@@ -171,6 +199,7 @@ class Params(Strict):
     kns: KnsParams = KnsParams()
     recall: RecallParams = RecallParams()
     interventions: InterventionParams = InterventionParams()
+    validation: ValidationParams = ValidationParams()
 
     @model_validator(mode="after")
     def consistent(self) -> "Params":

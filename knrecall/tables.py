@@ -20,13 +20,21 @@ def _num(value: float | None, ci: list[float] | None = None, signed: bool = Fals
 
 
 def recall_table(recall: dict[str, Any]) -> str:
-    lines = ["| model | condition | n | accuracy | TT | TF | FT | FF | MH | SC | Δ1 | Δ2 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """Table 4 of the reported measurement (recall.delta × recall.position, named per model), with the paper's
+    reading (ratio at the reasoning step) in the last two columns."""
+    lines = ["| model | measurement | condition | n | accuracy | TT | TF | FT | FF | MH | SC | Δ1 | Δ2 "
+             "| MH (paper) | SC (paper) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, entry in recall.get("models", {}).items():
+        measured = entry.get("measurement") or {"variant": "ratio", "position": "step"}
+        paper = entry.get("paper_reading", {}).get("conditions", {})
         for condition, m in entry.get("conditions", {}).items():
-            cells = [model, condition, str(m.get("n_items", "")), _num(m.get("accuracy"), m.get("accuracy_ci"))]
+            cells = [model, f"{measured['variant']} @ {measured['position']}", condition, str(m.get("n_items", "")),
+                     _num(m.get("accuracy"), m.get("accuracy_ci"))]
             cells += [_num(m.get(k), m.get(f"{k}_ci")) for k in ("TT", "TF", "FT", "FF", "MH", "SC")]
             cells += [_num(m.get(f"delta{h}_mean"), m.get(f"delta{h}_mean_ci")) for h in (1, 2)]
+            p = paper.get(condition, {})
+            cells += [_num(p.get(k), p.get(f"{k}_ci")) for k in ("MH", "SC")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

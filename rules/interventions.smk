@@ -20,7 +20,7 @@ rule intervene:
     params:
         spec=lambda wc: as_json(
             {
-                "interventions": PARAMS.interventions.model_dump(mode="json"),
+                "interventions": PARAMS.interventions.model_dump(mode="json", exclude={"causal_random_seeds"}),
                 "answer": PARAMS.answer.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
                 "model": PARAMS.models[wc.model].model_dump(mode="json"),
@@ -71,3 +71,40 @@ rule intervention_metrics:
         "../envs/knrecall.yaml"
     shell:
         "python -m knrecall merge-metrics {input} --out {output} > {log} 2>&1"
+
+
+rule causal_effects:
+    input:
+        item_table=f"{RESULTS}/items.parquet",
+        predictions=f"{RESULTS}/predictions/{{model}}.parquet",
+        kns=f"{RESULTS}/kns/{{model}}.parquet",
+        model=model_inputs,
+    output:
+        f"{RESULTS}/interventions/{{model}}/causal.parquet",
+    log:
+        f"{LOGS}/causal_effects_{{model}}.log",
+    conda:
+        "../envs/knrecall.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        batch_size=256,
+        device="cpu",
+    params:
+        spec=lambda wc: as_json(
+            {
+                "interventions": {
+                    "suppress_factor": PARAMS.interventions.suppress_factor,
+                    "causal_random_seeds": PARAMS.interventions.causal_random_seeds,
+                },
+                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "seed": PARAMS.seed,
+            }
+        ),
+        model_path=model_path,
+        impl=IMPLEMENTATION["causal"],
+    shell:
+        "python -m knrecall causal --items {input.item_table} --predictions {input.predictions}"
+        " --kns {input.kns} --params {params.spec:q} --model-path {params.model_path:q}"
+        " --model-name {wildcards.model} --batch-size {resources.batch_size} --device {resources.device}"
+        " --threads {threads} --out {output} > {log} 2>&1"

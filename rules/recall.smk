@@ -11,6 +11,7 @@ rule measure:
         activations=f"{RESULTS}/recall/{{model}}/activations.parquet",
         baselines=f"{RESULTS}/recall/{{model}}/baselines.parquet",
         steps=f"{RESULTS}/recall/{{model}}/steps.parquet",
+        profile=f"{RESULTS}/recall/{{model}}/profile.parquet",
     log:
         f"{LOGS}/measure_{{model}}.log",
     conda:
@@ -22,7 +23,10 @@ rule measure:
     params:
         spec=lambda wc: as_json(
             {
-                "recall": {"null_per_fact": PARAMS.recall.null_per_fact},
+                "recall": {
+                    "null_per_fact": PARAMS.recall.null_per_fact,
+                    "profile_items": PARAMS.recall.profile_items,
+                },
                 "prompts": PARAMS.prompts,
                 "model": PARAMS.models[wc.model].model_dump(mode="json"),
                 "seed": PARAMS.seed,
@@ -35,7 +39,7 @@ rule measure:
         " --kns {input.kns} --params {params.spec:q} --model-path {params.model_path:q}"
         " --model-name {wildcards.model} --batch-size {resources.batch_size} --device {resources.device}"
         " --threads {threads} --baselines {output.baselines} --steps {output.steps}"
-        " --out {output.activations} > {log} 2>&1"
+        " --profile {output.profile} --out {output.activations} > {log} 2>&1"
 
 
 rule recall:
@@ -47,6 +51,8 @@ rule recall:
         activations=rules.measure.output.activations,
     output:
         table=f"{RESULTS}/recall/{{model}}/recall.parquet",
+        scores=f"{RESULTS}/recall/{{model}}/scores.parquet",
+        null_scores=f"{RESULTS}/recall/{{model}}/null_scores.parquet",
         summary=f"{RESULTS}/recall/{{model}}/summary.json",
     log:
         f"{LOGS}/recall_{{model}}.log",
@@ -59,12 +65,14 @@ rule recall:
         "python -m knrecall recall --items {input.item_table} --predictions {input.predictions}"
         " --kns {input.kns} --baselines {input.baselines} --activations {input.activations}"
         " --params {params.spec:q} --model-name {wildcards.model} --out {output.table}"
+        " --scores {output.scores} --null-scores {output.null_scores}"
         " --summary {output.summary} > {log} 2>&1"
 
 
 rule recall_metrics:
     input:
         expand(f"{RESULTS}/recall/{{model}}/summary.json", model=MODELS),
+        expand(f"{RESULTS}/recall/{{model}}/scoreboard.json", model=MODELS),
     output:
         f"{RESULTS}/metrics/recall.json",
     log:

@@ -8,6 +8,11 @@ rule report:
         kns=expand(f"{RESULTS}/kns/{{model}}.parquet", model=MODELS),
         layers=[path for name in MODELS for path in shard_files(name, "layers.parquet")],
         recall=expand(f"{RESULTS}/recall/{{model}}/recall.parquet", model=MODELS),
+        scores=expand(
+            f"{RESULTS}/recall/{{model}}/{{table}}.parquet",
+            model=MODELS,
+            table=["scores", "null_scores", "profile"],
+        ),
         metrics=metrics_files(),
     output:
         page=f"{RESULTS}/report/index.html",

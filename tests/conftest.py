@@ -54,7 +54,8 @@ def tiny_reference(tmp_path_factory):
 # once. The slowest units are collected first, so that neither process is left with a long one at the end.
 # (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
 TEST_GROUPS = {"test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference"}
-SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_dvc.py", "test_two_models.py"]
+SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_dvc.py", "test_two_models.py",
+              "test_validate_worlds.py"]
 
 
 def _module(nodeid: str) -> str:

@@ -241,6 +241,8 @@ def test_tables_command_prints_every_table(tmp_path, knrecall_cmd):
     recall = {"models": {"world": {"conditions": {"direct": {
         "n_items": 10, "accuracy": 0.9, "accuracy_ci": [0.8, 1.0], "TT": 0.1, "TF": 0.0, "FT": 0.8, "FF": 0.1,
         "MH": 0.111, "SC": 0.889, "delta1_mean": 0.2, "delta2_mean": 0.7}},
+        "measurement": {"variant": "projection", "position": "last_prompt"},
+        "paper_reading": {"conditions": {"direct": {"MH": 0.25, "SC": 0.75}}},
         "validation": {"direct": {"sc_shortcut_planted": 0.9, "n_shortcut_planted": 4, "sc_composed": 0.8,
                                   "n_composed": 5, "sc_difference_ci": [-0.1, 0.3]}}}}}
     interventions = {"models": {"world": {"conditions": {"direct": {
@@ -252,7 +254,8 @@ def test_tables_command_prints_every_table(tmp_path, knrecall_cmd):
     (tmp_path / "interventions.json").write_text(json.dumps(interventions))
     result = subprocess.run(knrecall_cmd + ["tables", "--metrics", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "| world | direct | 10 | 0.900 [0.80, 1.00] | 0.100 | 0.000 | 0.800 | 0.100 | 0.111 | 0.889 |" in result.stdout
+    assert ("| world | projection @ last_prompt | direct | 10 | 0.900 [0.80, 1.00] | 0.100 | 0.000 | 0.800 | 0.100 "
+            "| 0.111 | 0.889 | 0.200 | 0.700 | 0.250 | 0.750 |") in result.stdout  # the paper's reading last
     assert "| world | direct | 0.900 (4) | 0.800 (5) | [-0.100, +0.300] |" in result.stdout
     assert "| world | direct | suppress_hop1 | 9 | 0.500 | -0.400 [-0.60, -0.20] | -0.300 | +0.000 | -0.040 | 7.500 |" \
         in result.stdout

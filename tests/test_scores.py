@@ -12,8 +12,8 @@ import pytest
 from knrecall.errors import KnrecallError
 from knrecall.recall.bootstrap import (bootstrap_ci, bootstrap_share_ci, category_share_cis, difference_ci,
                                        paired_difference_ci)
-from knrecall.recall.scores import (categories, category_shares, kn_scores, null_deltas, null_pairs,
-                                    null_thresholds, recall_decisions)
+from knrecall.recall.scores import (MODES, categories, category_shares, kn_score_table, kn_scores, null_deltas,
+                                    null_pairs, null_thresholds, recall_decisions)
 
 # c1: hop1 KNs (0,1) (0,2), hop2 KN (1,5).  c2: hop1 has no KNs, hop2 KN (1,5).
 # c3: hop1 KNs (0,1) with baseline 0 (dropped in ratio mode) and (0,3); hop2 KN (0,1) with baseline 0 only.
@@ -50,6 +50,63 @@ def test_ratio_scores_by_hand():
                                        ("c3", 2): 1}
     assert _by_key(s, "n_used")[("c3", 1)] == 1
     assert _by_key(s, "fact_id")[("c3", 2)] == "f5"  # carried from kn_sets
+
+
+def test_projection_and_ratio_of_sums_by_hand():
+    p = _by_key(kn_scores(ACTS, BASELINES, KN_SETS, mode="projection"), "delta")
+    assert p[("c1", 1)] == pytest.approx((3 * 2 + 2 * 4) / (2 ** 2 + 4 ** 2))  # 14 / 20
+    assert p[("c1", 2)] == pytest.approx(1.0 * 0.5 / 0.25)
+    assert p[("c3", 1)] == pytest.approx((5 * 0 + 1 * 2) / (0 + 4))  # the zero baseline is kept, weighs nothing
+    assert p[("c3", 2)] is None  # Σ b² = 0
+    r = _by_key(kn_scores(ACTS, BASELINES, KN_SETS, mode="ratio_of_sums"), "delta")
+    assert r[("c1", 1)] == pytest.approx((3 + 2) / (2 + 4))
+    assert r[("c3", 1)] == pytest.approx((5 + 1) / (0 + 2))
+    assert r[("c3", 2)] is None and r[("c2", 1)] is None  # Σ b = 0; an empty set
+
+
+def test_variants_with_near_zero_and_negative_baselines():
+    """One neuron with a tiny baseline dominates the mean of ratios; a negative baseline flips its term's sign.
+    The projection is a least-squares coefficient: 1 for the single-hop pattern itself, any scale times it gives
+    that scale, whatever the baselines' signs."""
+    keys = pl.DataFrame({"case_id": ["a", "b", "c"], "hop": [1, 1, 1], "n_kns": [3, 3, 3], "fact_id": ["f"] * 3})
+    base = [2.0, -1.0, 1e-4]  # a gated FFN input can be negative; one baseline is nearly zero
+    acts = {"a": [2.0, -1.0, 1e-4],  # the single-hop pattern at full strength
+            "b": [1.0, -0.5, 5e-5],  # at half strength
+            "c": [2.0, -1.0, 0.05]}  # full strength, plus noise of 0.05 on the near-zero neuron
+    baselines = pl.DataFrame([(c, 1, 0, i, b) for c in acts for i, b in enumerate(base)],
+                             schema=["case_id", "hop", "layer", "neuron", "baseline"], orient="row")
+    activations = pl.DataFrame([(c, "direct", 1, 0, i, a) for c, values in acts.items() for i, a in enumerate(values)],
+                               schema=["case_id", "condition", "hop", "layer", "neuron", "activation"], orient="row")
+    delta = {m: {c: d for (c, _), d in _by_key(kn_scores(activations, baselines, keys, mode=m), "delta").items()}
+             for m in MODES}
+    assert delta["projection"]["a"] == pytest.approx(1.0) and delta["projection"]["b"] == pytest.approx(0.5)
+    assert delta["ratio"]["a"] == pytest.approx(1.0) and delta["ratio"]["b"] == pytest.approx(0.5)
+    # the noise on the near-zero baseline: the mean of ratios jumps by (0.05 / 1e-4) / 3 ≈ 167; the projection
+    # hardly moves
+    assert delta["ratio"]["c"] > 100
+    assert delta["projection"]["c"] == pytest.approx(1.0, abs=1e-3)
+    assert delta["ratio_of_sums"]["a"] == pytest.approx(1.0)
+    assert delta["difference"]["a"] == pytest.approx(0.0) and delta["difference"]["b"] == pytest.approx(
+        ((1 - 2) + (-0.5 + 1) + (5e-5 - 1e-4)) / 3)
+
+
+def test_score_table_is_every_variant_at_every_position():
+    acts = ACTS.with_columns((pl.col("activation") * 2).alias("activation_last"))
+    keys = KN_SETS.join(pl.DataFrame({"condition": ["direct"]}), how="cross")
+    table = kn_score_table(acts, BASELINES, keys, ["case_id", "condition", "hop"], ["case_id", "hop"],
+                           {"step": "activation", "last": "activation_last"})
+    assert table.height == KN_SETS.height * len(MODES) * 2
+    for mode in MODES:
+        single = _by_key(kn_scores(ACTS, BASELINES, KN_SETS, mode=mode), "delta")
+        here = table.filter((pl.col("variant") == mode) & (pl.col("position") == "step"))
+        assert _by_key(here, "delta") == pytest.approx(single)
+        doubled = _by_key(table.filter((pl.col("variant") == mode) & (pl.col("position") == "last")), "delta")
+        for key, value in single.items():
+            if value is None:
+                assert doubled[key] is None
+            elif mode != "difference":  # every scale-free variant doubles with the activations
+                assert doubled[key] == pytest.approx(2 * value)
+    assert set(table["fact_id"]) == set(KN_SETS["fact_id"])  # carried
 
 
 def test_difference_scores_by_hand():

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerFast
 
 from knrecall.errors import KnrecallError
 from knrecall.recall.steps import (ReasoningSteps, entity_token_variants, find_reasoning_steps,
-                                   find_steps_in_text, prompt_input_ids, word_boundary_check)
+                                   find_steps_in_text, prompt_input_ids, subject_last_position,
+                                   word_boundary_check)
 from knrecall.world.tokenizer import build_tokenizer
 
 CORPUS = """\
@@ -292,3 +293,48 @@ def test_prompt_ids_keep_a_leading_bos_and_drop_an_appended_eos():
     assert prompt == [bos] + ids(tok, PROMPT)
     steps = find_steps_in_text(tok, PROMPT, "", "Q", "A", cot=False)
     assert steps.hop1_position == len(prompt) - 1
+
+
+# --- the subject's last token in the prompt ------------------------------------------------------------------------
+
+
+def _metaspace():
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>"], show_progress=False)
+    core.train_from_iterator(CORPUS * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="<s>")
+
+
+@pytest.mark.parametrize("kind", ["world", "bpe", "metaspace"])
+def test_subject_last_position_multi_token_name(kind, request):
+    tok = _metaspace() if kind == "metaspace" else request.getfixturevalue(kind)
+    prompt = "Q: Where is Velmor Labs based? A:"
+    prompt_ids = ids(tok, prompt)
+    position = subject_last_position(prompt_ids, entity_token_variants(tok, "Velmor Labs"))
+    # the token at the position ends the name, and the text up to it ends with the name
+    assert tok.decode(prompt_ids[: position + 1]).rstrip().endswith("Velmor Labs")
+    assert not tok.decode(prompt_ids[: position]).rstrip().endswith("Velmor Labs")
+    if kind != "world":
+        assert len(entity_token_variants(tok, "Velmor Labs")[0]) >= 2  # a multi-token name: the LAST token counts
+
+
+@pytest.mark.parametrize("kind", ["world", "bpe", "metaspace"])
+def test_subject_twice_takes_the_last_occurrence(kind, request):
+    tok = _metaspace() if kind == "metaspace" else request.getfixturevalue(kind)
+    prompt = "Paris is big. Bob lives in Paris too. Rome is in Italy"  # words every test tokenizer knows
+    prompt_ids = ids(tok, prompt)
+    position = subject_last_position(prompt_ids, entity_token_variants(tok, "Paris"))
+    assert tok.decode(prompt_ids[: position + 1]).endswith("Bob lives in Paris")
+    first = subject_last_position(ids(tok, "Paris is big."), entity_token_variants(tok, "Paris"))
+    assert first is not None and first < position
+
+
+def test_subject_absent_or_only_inside_a_longer_word(bpe):
+    assert subject_last_position(ids(bpe, "Q: Where is Rome? A:"), entity_token_variants(bpe, "Paris")) is None
+    # "Parisian" contains the id of ĠParis: ids alone match it, the word-boundary check does not
+    prompt_ids = ids(bpe, "Q: Is the Parisian cafe old? A:")
+    variants = entity_token_variants(bpe, "Paris")
+    assert subject_last_position(prompt_ids, variants) is not None
+    assert subject_last_position(prompt_ids, variants, boundary=word_boundary_check(bpe)) is None

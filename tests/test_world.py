@@ -4,6 +4,8 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
@@ -18,8 +20,11 @@ from knrecall.data.conditions import (
     render_exemplar,
 )
 from knrecall.data.importers import import_dataset
+from knrecall.data.items import Item, items_table, read_items, write_items
 from knrecall.errors import KnrecallError
+from knrecall.interventions.run import sampled_cases
 from knrecall.world.generate import WorldSize, as_item, generate_world
+from knrecall.world.metrics import world_metrics
 from knrecall.world.templates import COMPOSITIONS, RELATIONS
 from knrecall.world.tokenizer import build_tokenizer
 
@@ -146,12 +151,23 @@ def owner(prompt, questions):
     return questions[question]
 
 
+PATHWAY_KEYS = ("shortcut_conflicting", "shortcut_answer")
+
+
+def without_pathway_keys(world):
+    """The world as it was before pathway items existed: the same, less the two item keys they added."""
+    items = [{k: v for k, v in item.items() if k not in PATHWAY_KEYS} for item in world["items"]]
+    return {**world, "items": items}
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_new_fractions_at_zero_leave_the_world_as_it_was(seed):
     base = make(seed)
-    assert digest(base) == DIGEST_BEFORE_REASONING_TEXT[seed]
-    assert make(seed, cot_fraction=0.0, context_fraction=0.0) == base
-    assert not any(ex["kind"] in NEW_KINDS for ex in base["corpus"])
+    # byte for byte the world of before (entities, facts, items, corpus and its order), but for the two new keys
+    assert digest(without_pathway_keys(base)) == DIGEST_BEFORE_REASONING_TEXT[seed]
+    assert all(i["shortcut_conflicting"] is False and i["shortcut_answer"] is None for i in base["items"])
+    assert make(seed, cot_fraction=0.0, context_fraction=0.0, pathway_fraction=0.0) == base
+    assert not any(ex["kind"] in NEW_KINDS | {"conflicting_shortcut_statement"} for ex in base["corpus"])
 
 
 def test_reasoning_text_draws_nothing_from_the_world_stream():
@@ -297,3 +313,201 @@ def test_bad_fractions_are_refused():
         make(cot_fraction=1.5)
     with pytest.raises(KnrecallError, match="world.context_fraction"):
         parse_params({"world": {"context_fraction": -0.1}})
+
+
+# ------------------------------------------------------------ pathway-revealing items (conflicting shortcuts)
+
+CONFLICTING = "conflicting_shortcut_statement"
+
+
+def pathway_items(world):
+    return [i for i in world["items"] if i["shortcut_conflicting"]]
+
+
+def eligible(world):
+    return [i for i in world["items"] if i["split"] != "train_subject" and not i["shortcut_planted"]]
+
+
+def statement_prompts(record):
+    """The prompts of the item's composition statements (what a consistent or conflicting shortcut trains)."""
+    s = record["two_hop_label"][0][0]
+    return {st.replace(" {o}", "").format(s=s) for st in COMPOSITIONS[record["composition"]].statements}
+
+
+def test_pathway_items_draw_nothing_from_the_world_stream():
+    for kw in ({}, {"cot_fraction": 0.5, "context_fraction": 0.5}):
+        base, world = make(0, **kw), make(0, pathway_fraction=0.5, **kw)
+        for key in ("entities", "facts", "heldout_subjects", "heldout_bridges"):
+            assert world[key] == base[key]
+        chosen = {i["case_id"] for i in pathway_items(world)}
+        assert chosen
+        for mine, before in zip(world["items"], base["items"], strict=True):
+            changed = {k for k in mine if mine[k] != before[k]}
+            assert changed == ({"shortcut_conflicting", "shortcut_answer", "composable"} if mine["case_id"] in chosen
+                               else set())
+        # the rest of the corpus is the old one in its old order; the conflicting statements are spread over it
+        assert [ex for ex in world["corpus"] if ex["kind"] != CONFLICTING] == base["corpus"]
+        spread = [ex["kind"] == CONFLICTING for ex in world["corpus"]]
+        assert any(spread[: len(spread) // 2]) and any(spread[len(spread) // 2 :])
+
+
+def test_pathway_items_are_deterministic_by_seed():
+    assert make(0, pathway_fraction=0.4) == make(0, pathway_fraction=0.4)
+    chosen = lambda w: [(i["case_id"], i["shortcut_answer"]) for i in pathway_items(w)]
+    assert chosen(make(1, pathway_fraction=0.4)) != chosen(make(0, pathway_fraction=0.4))
+    assert make(0, pathway_fraction=0.0) == make(0)  # generate_world's default is 0: old callers are unchanged
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_pathway_share_of_the_eligible_held_out_items(fraction):
+    world = make(0, pathway_fraction=fraction)
+    pool = eligible(world)
+    chosen = pathway_items(world)
+    assert len(chosen) == round(len(pool) * fraction)
+    assert all(i in pool for i in chosen)  # held out, never an item with a consistent shortcut
+    for item in world["items"]:
+        if item["shortcut_conflicting"]:
+            assert item["split"] in {"heldout_subject", "heldout_bridge"}
+            assert item["shortcut_planted"] is False and item["composable"] is False
+        else:
+            assert item["shortcut_answer"] is None and item["shortcut_conflicting"] is False
+            assert item["composable"] == (item["split"] != "train_subject" and not item["shortcut_planted"])
+    if 0 < fraction < 1:
+        assert {i["split"] for i in chosen} == {"heldout_subject", "heldout_bridge"}
+    # the consistent shortcuts stay as they are
+    assert [i["shortcut_planted"] for i in world["items"]] == [i["shortcut_planted"] for i in make(0)["items"]]
+
+
+def test_shortcut_answer_is_another_entity_of_the_answer_type():
+    world = make(0, pathway_fraction=1.0)
+    answers = []
+    for item in pathway_items(world):
+        (_, _, _), (_, r2, o2) = item["two_hop_label"]
+        assert item["shortcut_answer"] != o2 == item["fact2_ans"]
+        assert item["shortcut_answer"] in world["entities"][RELATIONS[r2].range]
+        answers.append(item["shortcut_answer"])
+    assert len(set(answers)) > 1
+
+
+def test_corpus_trains_the_conflicting_shortcut_and_never_the_consistent_one():
+    world = make(0, pathway_fraction=0.5)
+    by_prompt = defaultdict(list)
+    for ex in world["corpus"]:
+        by_prompt[ex["prompt"]].append(ex)
+    trained_twohop = {ex["prompt"] for ex in world["corpus"] if ex["kind"] == "twohop_question"}
+    chosen = pathway_items(world)
+    for item in chosen:
+        prompts = statement_prompts(item)
+        examples = [ex for p in prompts for ex in by_prompt[p]]
+        # exactly the composition's statements, once each, with o2' as the answer: no consistent shortcut, no o2
+        assert len(examples) == len(COMPOSITIONS[item["composition"]].statements)
+        assert all(ex["kind"] == CONFLICTING and ex["answer"] == item["shortcut_answer"] for ex in examples)
+        assert f"Q: {item['two_hop']} A:" not in trained_twohop
+    conflicting = [ex for ex in world["corpus"] if ex["kind"] == CONFLICTING]
+    assert len(conflicting) == sum(len(COMPOSITIONS[i["composition"]].statements) for i in chosen)
+
+
+def test_pathway_fields_reach_the_items_table(tmp_path):
+    world = make(0, pathway_fraction=0.5)
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps(world["items"]))
+    imported = import_dataset(path, "tfrkn")
+    for item, record in zip(imported, world["items"], strict=True):
+        assert item.shortcut_conflicting is record["shortcut_conflicting"]
+        assert item.shortcut_answer == record["shortcut_answer"]
+        assert "shortcut_conflicting" not in item.extra and "shortcut_answer" not in item.extra
+        mine = as_item(record)
+        assert (mine.shortcut_conflicting, mine.shortcut_answer) == (item.shortcut_conflicting, item.shortcut_answer)
+    write_items(imported, tmp_path / "items.parquet")
+    assert read_items(tmp_path / "items.parquet") == imported
+    # an items table written before the columns existed still reads (None); so does an old world record
+    old = pq.read_table(tmp_path / "items.parquet").drop_columns(list(PATHWAY_KEYS))
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert all(i.shortcut_conflicting is None and i.shortcut_answer is None for i in read_items(tmp_path / "old.parquet"))
+    record = {k: v for k, v in world["items"][0].items() if k not in PATHWAY_KEYS}
+    assert as_item(record).shortcut_conflicting is None
+
+
+def test_interventions_leave_pathway_items_out():
+    items = [as_item(r) for r in make(0, pathway_fraction=0.5)["items"]]
+    pathway = {i.case_id for i in items if i.shortcut_conflicting}
+    assert pathway
+    assert sampled_cases(items, None, 0) == {i.case_id for i in items} - pathway
+    assert not sampled_cases(items, 10, 0) & pathway
+
+
+def test_bad_pathway_fraction_is_refused():
+    with pytest.raises(KnrecallError, match="pathway_fraction"):
+        make(pathway_fraction=1.5)
+    with pytest.raises(KnrecallError, match="world.pathway_fraction"):
+        parse_params({"world": {"pathway_fraction": -0.1}})
+    assert WorldParams().pathway_fraction == 0.25
+
+
+# ------------------------------------------------------------------------------------ world.json with pathway items
+
+TRAINING = {"model_parameters": 1000, "train_seconds": 1.0, "tokens_per_second": 10.0}
+
+
+def metric_items():
+    def item(case_id, split, planted=False, conflicting=False, alternative=None, answer="Oslo"):
+        return Item(case_id=case_id, source="world", two_hop=f"{case_id}?", fact1_query=[f"{case_id} 1?"],
+                    fact1_ans="Bridge", fact2_query=[f"{case_id} 2?"], fact2_ans=answer, split=split,
+                    shortcut_planted=planted, composable=split != "train_subject" and not planted and not conflicting,
+                    shortcut_conflicting=conflicting, shortcut_answer=alternative)
+
+    items = [
+        item("t1", "train_subject"), item("h1", "heldout_subject"), item("b1", "heldout_bridge", planted=True),
+        item("p1", "heldout_subject", conflicting=True, alternative="Rome"),
+        item("p2", "heldout_bridge", conflicting=True, alternative="Rome"),
+        item("p3", "heldout_subject", conflicting=True, alternative="Rome"),
+        item("p4", "heldout_subject", conflicting=True, alternative="Rome", answer="Rome Oslo"),
+    ]
+    return pl.from_arrow(items_table(items))
+
+
+def prediction(case_id, span, correct, condition="direct", kind="two_hop"):
+    return {"case_id": case_id, "kind": kind, "condition": condition, "prompt": f"{case_id} {kind}", "gold": "Oslo",
+            "answer_span": span, "correct": correct, "chain_names_bridge": None, "follows": None}
+
+
+def metric_predictions():
+    rows = [
+        prediction("t1", "Oslo", True), prediction("h1", "Paris", False), prediction("b1", "Oslo", True),
+        prediction("t1", "Oslo", True, kind="hop1"),
+        # pathway items: composed, shortcut, neither, and a span naming both answers (counted as neither);
+        # all 'correct', which would move every accuracy if they were counted
+        prediction("p1", "Oslo", True), prediction("p2", "rome", True), prediction("p3", "Paris", True),
+        prediction("p4", "Rome Oslo", True),
+        prediction("p1", "Rome", True, condition="zero_shot_cot"), prediction("t1", "Oslo", True, condition="zero_shot_cot"),
+    ]
+    return pl.DataFrame(rows, schema_overrides={"chain_names_bridge": pl.Boolean, "follows": pl.String})
+
+
+def test_world_metrics_report_pathway_items_apart():
+    items, predictions = metric_items(), metric_predictions()
+    metrics = world_metrics(items, predictions, TRAINING)
+    assert metrics["n_items"] == 7 and metrics["n_pathway_items"] == 4
+    assert metrics["pathways"]["direct"] == {"n": 4, "composed": 0.25, "shortcut": 0.25, "neither": 0.5,
+                                             "n_composed": 1, "n_shortcut": 1, "n_neither": 2}
+    assert metrics["pathways"]["zero_shot_cot"] == {"n": 1, "composed": 0.0, "shortcut": 1.0, "neither": 0.0,
+                                                    "n_composed": 0, "n_shortcut": 1, "n_neither": 0}
+    # every existing figure is what it is without the pathway items
+    regular = ~pl.col("case_id").str.starts_with("p")
+    without = world_metrics(items.filter(regular), predictions.filter(regular), TRAINING)
+    for key in set(metrics) - {"n_items", "n_pathway_items", "pathways"}:
+        assert metrics[key] == without[key], key
+    assert metrics["twohop_accuracy"] == {"all": round(2 / 3, 4), "train_subjects": 1.0, "heldout_subjects": 0.0,
+                                          "heldout_bridges": 1.0}
+    assert metrics["by_condition"]["direct"]["n"] == 3 and metrics["by_condition"]["zero_shot_cot"]["n"] == 1
+    assert metrics["n_items_by_split"] == {"train_subject": 1, "heldout_subject": 1, "heldout_bridge": 1}
+    assert (metrics["shortcut_planted_accuracy"], metrics["composed_accuracy"]) == (1.0, 0.0)
+    assert without["n_pathway_items"] == 0 and without["pathways"] == {}
+
+
+def test_world_metrics_read_items_tables_from_before_pathway_items():
+    items = metric_items().filter(~pl.col("case_id").str.starts_with("p"))
+    predictions = metric_predictions().filter(~pl.col("case_id").str.starts_with("p"))
+    old = world_metrics(items.drop(list(PATHWAY_KEYS)), predictions, TRAINING)
+    assert old == world_metrics(items, predictions, TRAINING)
+    assert old["n_pathway_items"] == 0 and old["pathways"] == {}

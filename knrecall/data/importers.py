@@ -325,6 +325,8 @@ def _tfrkn_item(f: _Fields, default_source: str) -> Item:
         split=f.choice("split", SPLITS),
         shortcut_planted=f.flag("shortcut_planted"),
         composable=f.flag("composable"),
+        shortcut_conflicting=f.flag("shortcut_conflicting"),
+        shortcut_answer=f.text("shortcut_answer", required=False),
     )
     _fill_chain(item, ids=f.triplets("two_hop_id", ids=True), labels=f.triplets("two_hop_label"))
     item.extra = f.rest()

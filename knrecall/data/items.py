@@ -41,6 +41,8 @@ class Item:
     split: str | None = None  # world only: train_subject / heldout_subject / heldout_bridge
     shortcut_planted: bool | None = None  # world only: a sentence linking s to o2 directly was trained
     composable: bool | None = None  # world only: the model saw only the separate facts (must compose)
+    shortcut_conflicting: bool | None = None  # world only: a conflicting shortcut s -> o2' was trained (pathway item)
+    shortcut_answer: str | None = None  # world only: o2', the conflicting shortcut's answer (pathway items)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown input fields, kept verbatim
 
 
@@ -66,6 +68,8 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("split", pa.string()),
         pa.field("shortcut_planted", pa.bool_()),
         pa.field("composable", pa.bool_()),
+        pa.field("shortcut_conflicting", pa.bool_()),
+        pa.field("shortcut_answer", pa.string()),
         pa.field("extra", pa.string(), nullable=False),  # JSON object
     ]
 )

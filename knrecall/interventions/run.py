@@ -113,8 +113,9 @@ def shard_of_case(case_id: str, shards: int) -> int:
 
 
 def sampled_cases(items: list[Item], max_items: int | None, seed: int) -> set[str]:
-    """The case ids intervened on: every item, or the `max_items` with the smallest sha1(seed:case_id)."""
-    cases = [item.case_id for item in items]
+    """The case ids intervened on: every item, or the `max_items` with the smallest sha1(seed:case_id); never a
+    pathway-revealing world item (`shortcut_conflicting`: its accuracy has no single gold meaning)."""
+    cases = [item.case_id for item in items if not item.shortcut_conflicting]
     if max_items is None or max_items >= len(cases):
         return set(cases)
     return set(sorted(cases, key=lambda c: hashlib.sha1(f"{seed}:{c}".encode()).hexdigest())[:max_items])

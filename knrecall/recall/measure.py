@@ -8,12 +8,20 @@
   position, flagged, when the entity is absent. The generated ids come from the predictions, never re-tokenized.
 - Null activations: the same fact's KNs read on up to `null_per_fact` other items that do not involve the fact, at
   those items' step position of the hop the fact plays most often — the null distribution of its Δ.
+- Every activation row carries three POSITIONS of the two-hop sequence: `activation` at the hop's reasoning step
+  (above), `activation_last_prompt` at the last prompt token, and `activation_subject_last` at the last token of
+  the subject's last occurrence in the prompt (the last prompt token, flagged `subject_found` False in the steps
+  table, when the subject is unknown or not found). Without chain of thought the step is the last prompt token.
+- The per-position profile (`profile`): for a deterministic sample of `profile_items` items, every prompt
+  position × layer group, Δ by projection (Σ a_i b_i / Σ b_i² over the group's KNs) of each hop's KNs, and, as its
+  null, the same for the KNs of another fact of the same hop that the item does not involve, on the same prompt.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import random
 from collections import Counter
 
 import numpy as np
@@ -28,7 +36,12 @@ from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
 from knrecall.recall.activations import activations_at, columns_for
 from knrecall.recall.scores import null_pairs
-from knrecall.recall.steps import entity_token_variants, find_reasoning_steps, prompt_input_ids
+from knrecall.recall.steps import (
+    entity_token_variants,
+    find_reasoning_steps,
+    prompt_input_ids,
+    subject_last_position,
+)
 from knrecall.targets import teacher_forced_contexts
 
 log = logging.getLogger(__name__)
@@ -43,8 +56,9 @@ def _variants(tokenizer, entity: str, aliases) -> list[list[int]]:
 
 
 def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, model, tokenizer,
-            templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16):
-    """(baselines, activations, steps) tables; see the README for their columns."""
+            templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16,
+            profile_items: int = 0):
+    """(baselines, activations, steps, profile) tables; see the README for their columns."""
     adapter = adapter_for(model)
     facts, links = facts_of(items)
     sets = refined_sets(kns)
@@ -81,11 +95,15 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
                                      variants(item.fact1_ans, tuple(item.fact1_aliases)),
                                      variants(item.fact2_ans, tuple(item.answer_aliases)),
                                      cot=row["condition"] in COT_CONDITIONS)
+        subject = subject_last_position(prompt_ids, variants(item.subject, ())) if item.subject else None
+        last = len(prompt_ids) - 1
         step_rows.append({"case_id": item.case_id, "condition": row["condition"],
                           "hop1_position": steps.hop1_position, "hop2_position": steps.hop2_position,
-                          "hop1_found": steps.hop1_found, "hop2_found": steps.hop2_found})
+                          "hop1_found": steps.hop1_found, "hop2_found": steps.hop2_found,
+                          "last_prompt_position": last, "subject_position": last if subject is None else subject,
+                          "subject_found": subject is not None})
         sequences.append(prompt_ids + list(row["generated_ids"]))
-        positions.append([steps.hop1_position, steps.hop2_position])
+        positions.append([steps.hop1_position, steps.hop2_position, last, last if subject is None else subject])
     measured_at = activations_at(model, adapter, sequences, positions, neurons=selection or None,
                                  batch_size=batch_size)
     sequence_of = {(r["case_id"], r["condition"]): index for index, r in enumerate(step_rows)}
@@ -107,14 +125,84 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
         blocks += [("null", fid, case_id, condition, role[fid]) for condition in conditions]
     activations = _block_rows(blocks, sets, column, measured_at, sequence_of)
     log.info("measured %d baselines, %d activations", len(baseline_rows), activations.height)
-    schema_b = {"fact_id": pl.String, "layer": pl.Int16, "neuron": pl.Int32, "baseline": pl.Float32}
-    schema_s = {"case_id": pl.String, "condition": pl.String, "hop1_position": pl.Int32, "hop2_position": pl.Int32,
-                "hop1_found": pl.Boolean, "hop2_found": pl.Boolean}
-    return (pl.DataFrame(baseline_rows, schema=schema_b), activations, pl.DataFrame(step_rows, schema=schema_s))
+    baselines = pl.DataFrame(baseline_rows, schema=BASELINES_SCHEMA)
+    profile = _profile(items, links, sets, baselines, step_rows, sequences, model, adapter, selection, column,
+                       profile_items, seed, batch_size)
+    return baselines, activations, pl.DataFrame(step_rows, schema=STEPS_SCHEMA), profile
 
 
+BASELINES_SCHEMA = {"fact_id": pl.String, "layer": pl.Int16, "neuron": pl.Int32, "baseline": pl.Float32}
+STEPS_SCHEMA = {"case_id": pl.String, "condition": pl.String, "hop1_position": pl.Int32, "hop2_position": pl.Int32,
+                "hop1_found": pl.Boolean, "hop2_found": pl.Boolean, "last_prompt_position": pl.Int32,
+                "subject_position": pl.Int32, "subject_found": pl.Boolean}
 ACTIVATIONS_SCHEMA = {"kind": pl.String, "fact_id": pl.String, "case_id": pl.String, "condition": pl.String,
-                      "hop": pl.Int8, "layer": pl.Int16, "neuron": pl.Int32, "activation": pl.Float32}
+                      "hop": pl.Int8, "layer": pl.Int16, "neuron": pl.Int32, "activation": pl.Float32,
+                      "activation_last_prompt": pl.Float32, "activation_subject_last": pl.Float32}
+PROFILE_SCHEMA = {"case_id": pl.String, "condition": pl.String, "hop": pl.Int8, "kind": pl.String,
+                  "fact_id": pl.String, "position": pl.Int32, "offset": pl.Int32, "is_subject_last": pl.Boolean,
+                  "layer_group": pl.Int8, "layers": pl.String, "delta": pl.Float32, "n_kns": pl.Int32}
+
+
+def layer_groups(n_layers: int, n_groups: int = 4) -> list[list[int]]:
+    """Contiguous layer groups for the profile: every layer alone up to `n_groups` layers, else `n_groups` groups of
+    (nearly) equal size, lower layers first."""
+    if n_layers <= n_groups:
+        return [[layer] for layer in range(n_layers)]
+    bounds = np.linspace(0, n_layers, n_groups + 1).round().astype(int)
+    return [list(range(bounds[g], bounds[g + 1])) for g in range(n_groups)]
+
+
+def _profile(items, links, sets, baselines, step_rows, sequences, model, adapter, selection, column,
+             profile_items: int, seed: int, batch_size: int) -> pl.DataFrame:
+    """The per-position profile table (module docstring): projection Δ per prompt position and layer group."""
+    if profile_items <= 0 or not sets or not step_rows:
+        return pl.DataFrame(schema=PROFILE_SCHEMA)
+    facts_of_item = {}
+    for case_id, hop, fid in links:
+        facts_of_item.setdefault(case_id, {})[hop] = fid
+    eligible = sorted(c for c, hops in facts_of_item.items() if all(hops.get(h) in sets for h in (1, 2)))
+    chosen = set(random.Random(f"{seed}:profile").sample(eligible, min(profile_items, len(eligible))))
+    by_hop = {hop: sorted({fid for _, h, fid in links if h == hop and fid in sets}) for hop in (1, 2)}
+    base = {(r["fact_id"], r["layer"], r["neuron"]): r["baseline"] for r in baselines.iter_rows(named=True)}
+    groups = layer_groups(len(adapter.layers(model)))
+    rows = [index for index, r in enumerate(step_rows) if r["case_id"] in chosen]
+    reads = activations_at(model, adapter, [sequences[i][: step_rows[i]["last_prompt_position"] + 1] for i in rows],
+                           [list(range(step_rows[i]["last_prompt_position"] + 1)) for i in rows],
+                           neurons=selection or None, batch_size=batch_size)
+    out: dict[str, list] = {name: [] for name in PROFILE_SCHEMA}
+    for index, values in zip(rows, reads):
+        r = step_rows[index]
+        case_id, last = r["case_id"], r["last_prompt_position"]
+        values = values.numpy()  # [positions, selected neurons]
+        for hop in (1, 2):
+            own = facts_of_item[case_id][hop]
+            others = [f for f in by_hop[hop] if f not in facts_of_item[case_id].values()]
+            null = random.Random(f"{seed}:profile:{case_id}:{hop}").choice(others) if others else None
+            for kind, fid in (("item", own), ("null", null)):
+                if fid is None:
+                    continue
+                for g, layers in enumerate(groups):
+                    kns = [(l, n) for l, n in sets[fid] if l in layers]
+                    if not kns:
+                        continue
+                    b = np.array([base[(fid, l, n)] for l, n in kns], dtype=np.float64)
+                    a = values[:, [column[kn] for kn in kns]].astype(np.float64)
+                    bb = float(b @ b)
+                    delta = a @ b / bb if bb > 0 else np.full(len(a), np.nan)
+                    n = len(delta)
+                    out["case_id"] += [case_id] * n
+                    out["condition"] += [r["condition"]] * n
+                    out["hop"] += [hop] * n
+                    out["kind"] += [kind] * n
+                    out["fact_id"] += [fid] * n
+                    out["position"] += list(range(n))
+                    out["offset"] += [p - last for p in range(n)]
+                    out["is_subject_last"] += [r["subject_found"] and p == r["subject_position"] for p in range(n)]
+                    out["layer_group"] += [g] * n
+                    out["layers"] += [f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])] * n
+                    out["delta"] += delta.tolist()
+                    out["n_kns"] += [len(kns)] * n
+    return pl.DataFrame(out, schema=PROFILE_SCHEMA)
 
 
 def _block_rows(blocks, sets, column, measured_at, sequence_of) -> pl.DataFrame:
@@ -136,10 +224,13 @@ def _block_rows(blocks, sets, column, measured_at, sequence_of) -> pl.DataFrame:
     block = np.repeat(np.arange(len(blocks)), sizes)  # the block of every row
     within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     kn = offsets[block_fact[block]] + within
-    values = torch.stack(measured_at).numpy()  # [sequences, 2 hops, selected neurons]
-    activation = values[block_sequence[block], block_hop[block] - 1, kn_column[kn]]
+    values = torch.stack(measured_at).numpy()  # [sequences, (hop 1 step, hop 2 step, last, subject), neurons]
+    sequence, columns = block_sequence[block], kn_column[kn]
     take = pl.Series(block, dtype=pl.UInt32)
     frame = pl.DataFrame({name: [b[i] for b in blocks] for i, name in enumerate(("kind", "fact_id", "case_id",
                                                                                   "condition", "hop"))})
-    return frame[take].with_columns(layer=pl.Series(kn_layer[kn]), neuron=pl.Series(kn_neuron[kn]),
-                                    activation=pl.Series(activation)).cast(ACTIVATIONS_SCHEMA)
+    return frame[take].with_columns(
+        layer=pl.Series(kn_layer[kn]), neuron=pl.Series(kn_neuron[kn]),
+        activation=pl.Series(values[sequence, block_hop[block] - 1, columns]),
+        activation_last_prompt=pl.Series(values[sequence, 2, columns]),
+        activation_subject_last=pl.Series(values[sequence, 3, columns])).cast(ACTIVATIONS_SCHEMA)

@@ -2,8 +2,17 @@
 
 Pipeline (one row = one record; every function validates its input and raises `KnrecallError` naming the problem):
 
-1. `kn_scores(activations, baselines, kn_sets)` -> per (case_id, condition, hop): Δ_j and KN counts.
-   Δ_j = mean_{i∈K_j} a_i / b_i  (mode "ratio", default) or mean_{i∈K_j} (a_i − b_i)  (mode "difference").
+1. `kn_scores(activations, baselines, kn_sets)` -> per (case_id, condition, hop): Δ_j and KN counts, by one of the
+   score VARIANTS (`mode`):
+   - "ratio" (the paper's reading): mean_{i∈K_j} a_i / b_i — fragile: one neuron with a baseline near zero, or a
+     negative one (gated FFN inputs can be negative), can dominate or flip the mean;
+   - "difference": mean_{i∈K_j} (a_i − b_i) (0 = the single-hop strength; in activation units, not scale-free);
+   - "projection": Σ_i a_i b_i / Σ_i b_i² — the least-squares coefficient of the item's KN pattern on the
+     single-hop pattern (1 = the single-hop pattern at full strength, 0 = orthogonal to it); dominated by the
+     neurons with large |b_i|, so tiny baselines cannot blow it up;
+   - "ratio_of_sums": Σ_i a_i / Σ_i b_i (1 = the same total activation); fragile only when the baselines nearly
+     cancel.
+   `kn_score_table(...)` gives every variant at once, for several activation columns (positions), in long form.
 2. `null_pairs(item_facts)` lists, per fact, other items that do not involve that fact (either hop); the caller
    measures the fact's KN set on those items' two-hop prompts, `null_deltas(...)` turns those activations into Δ with
    the same formula, and `null_thresholds(...)` takes the quantile (95th percentile by default) per (fact, condition).
@@ -19,7 +28,8 @@ Design decisions:
   through. Activation rows must match the KN set exactly: one row per KN, no extra keys, no duplicates.
 * Tiny baselines (ratio mode). A neuron with |b_i| < eps (default 1e-8) is dropped from that Δ and counted in
   `n_dropped`; `n_used` is the number of neurons averaged. If every neuron of a non-empty set is dropped, delta is
-  null with n_kns > 0 (such an item gets category "undecided"). In difference mode nothing is dropped.
+  null with n_kns > 0 (such an item gets category "undecided"). In the other modes nothing is dropped (n_used =
+  n_kns); projection is null when Σ b_i² < eps², ratio_of_sums when |Σ b_i| < eps.
 * Null or NaN activations / baselines are errors (never averaged silently).
 * Null thresholds: null delta_null values (empty or all-dropped sets) are excluded; `n_null` counts the values used;
   with none the threshold is null. The quantile uses linear interpolation (numpy's default, type 7).
@@ -37,7 +47,12 @@ import polars as pl
 
 from knrecall.errors import KnrecallError
 
-MODES = ("ratio", "difference")
+MODES = ("ratio", "difference", "projection", "ratio_of_sums")
+# where a KN score is read in the two-hop sequence -> the activations table's column (knrecall.recall.measure)
+POSITION_COLUMNS = {"step": "activation", "last_prompt": "activation_last_prompt",
+                    "subject_last": "activation_subject_last"}
+POSITIONS = tuple(POSITION_COLUMNS)
+PAPER_READING = ("ratio", "step")  # the paper's Δ: mean of ratios at the reasoning step
 CATEGORIES = ("TT", "TF", "FT", "FF")
 NO_KNS = "no_kns"
 UNDECIDED = "undecided"
@@ -69,25 +84,42 @@ def _check_mode(mode: str) -> None:
         raise KnrecallError(f"unknown score mode {mode!r}; choose one of {list(MODES)}")
 
 
-def _deltas(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFrame, key_cols: list[str],
-            base_key_cols: list[str], mode: str, eps: float, out_col: str) -> pl.DataFrame:
-    """Δ per key of `keys` (key_cols + n_kns [+ carried columns]); see the module docstring."""
-    _check_mode(mode)
+def _variant_aggregates(joined: pl.DataFrame, key_cols: list[str], value_col: str, eps: float) -> pl.DataFrame:
+    """Per key: every variant's Δ (columns named after MODES), n_used (ratio's count) and _n_rows."""
+    a = pl.col(value_col).cast(pl.Float64)
+    b = pl.col("baseline").cast(pl.Float64)
+    used = b.abs() >= eps
+    agg = joined.group_by(key_cols).agg(
+        pl.when(used).then(a / b).otherwise(None).mean().alias("ratio"),  # mean ignores the dropped neurons' nulls
+        (a - b).mean().alias("difference"),
+        (a * b).sum().alias("_ab"), (b * b).sum().alias("_bb"), a.sum().alias("_a"), b.sum().alias("_b"),
+        pl.len().cast(pl.Int64).alias("_n_rows"),
+        used.sum().cast(pl.Int64).alias("n_used"),
+    )
+    return agg.with_columns(
+        pl.when(pl.col("_bb") >= eps * eps).then(pl.col("_ab") / pl.col("_bb")).otherwise(None).alias("projection"),
+        pl.when(pl.col("_b").abs() >= eps).then(pl.col("_a") / pl.col("_b")).otherwise(None).alias("ratio_of_sums"),
+    ).drop("_ab", "_bb", "_a", "_b")
+
+
+def _joined(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFrame, key_cols: list[str],
+            base_key_cols: list[str], value_cols: list[str], eps: float) -> pl.DataFrame:
+    """The activation rows (key, neuron, value columns) checked against the KN sets and joined with baselines."""
     if eps < 0:
         raise KnrecallError(f"eps must be >= 0, got {eps}")
-    _require(activations, key_cols + NEURON_COLS + ["activation"], "activations")
+    _require(activations, key_cols + NEURON_COLS + value_cols, "activations")
     _require(baselines, base_key_cols + NEURON_COLS + ["baseline"], "baselines")
     _require(keys, key_cols + ["n_kns"], "KN sets")
     _no_duplicates(keys, key_cols, "KN sets")
     _no_duplicates(activations, key_cols + NEURON_COLS, "activations")
     _no_duplicates(baselines, base_key_cols + NEURON_COLS, "baselines")
-    _finite(activations, "activation", "activations")
+    for col in value_cols:
+        _finite(activations, col, "activations")
     _finite(baselines, "baseline", "baselines")
     bad_n = keys.filter(pl.col("n_kns").is_null() | (pl.col("n_kns") < 0))
     if bad_n.height:
         raise KnrecallError(f"KN sets: null or negative n_kns, e.g. {bad_n.row(0, named=True)}")
-
-    acts = activations.select(key_cols + NEURON_COLS + ["activation"])
+    acts = activations.select(key_cols + NEURON_COLS + value_cols)
     extra = acts.join(keys.select(key_cols), on=key_cols, how="anti")
     if extra.height:
         raise KnrecallError(f"activations: {extra.height} row(s) for a key not in the KN sets, "
@@ -98,20 +130,11 @@ def _deltas(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFra
     if no_base.height:
         raise KnrecallError(f"baselines: no baseline for {no_base.height} activation row(s), "
                             f"e.g. {no_base.drop('baseline').row(0, named=True)}")
+    return joined
 
-    a = pl.col("activation").cast(pl.Float64)
-    b = pl.col("baseline").cast(pl.Float64)
-    if mode == "ratio":
-        used = b.abs() >= eps
-        term = pl.when(used).then(a / b).otherwise(None)
-    else:
-        used = pl.lit(True)
-        term = a - b
-    agg = (joined.with_columns(term.alias("_term"), used.alias("_used"))
-           .group_by(key_cols)
-           .agg(pl.col("_term").mean().alias(out_col),  # mean ignores the nulls of dropped neurons
-                pl.len().cast(pl.Int64).alias("_n_rows"),
-                pl.col("_used").sum().cast(pl.Int64).alias("n_used")))
+
+def _with_counts(keys: pl.DataFrame, agg: pl.DataFrame, key_cols: list[str], n_used_all: bool) -> pl.DataFrame:
+    """keys left-joined with the aggregates; checks that every key has n_kns rows; n_used / n_dropped."""
     out = keys.join(agg, on=key_cols, how="left").with_columns(
         pl.col("_n_rows").fill_null(0), pl.col("n_used").fill_null(0))
     mismatch = out.filter(pl.col("_n_rows") != pl.col("n_kns"))
@@ -119,11 +142,40 @@ def _deltas(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFra
         r = mismatch.row(0, named=True)
         raise KnrecallError(f"activations: {mismatch.height} key(s) whose activation row count differs from "
                             f"n_kns, e.g. {({c: r[c] for c in key_cols})}: {r['_n_rows']} rows, n_kns {r['n_kns']}")
-    out = out.with_columns(
-        pl.col("n_kns").cast(pl.Int64),
-        (pl.col("_n_rows") - pl.col("n_used")).alias("n_dropped"),
-        pl.when(pl.col("n_used") > 0).then(pl.col(out_col)).otherwise(None).cast(pl.Float64).alias(out_col),
-    ).drop("_n_rows")
+    if n_used_all:
+        out = out.with_columns(pl.col("_n_rows").alias("n_used"))
+    return out.with_columns(pl.col("n_kns").cast(pl.Int64),
+                            (pl.col("_n_rows") - pl.col("n_used")).alias("n_dropped")).drop("_n_rows")
+
+
+def kn_score_table(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFrame, key_cols: list[str],
+                   base_key_cols: list[str], positions: dict[str, str], eps: float = DEFAULT_EPS) -> pl.DataFrame:
+    """Every score variant at every position, long: key_cols, variant, position, delta, n_kns, n_used, n_dropped,
+    then the keys' carried columns. `positions` maps a position name to its activation column. `keys` as in
+    `_deltas` (key_cols + n_kns). Empty sets give null deltas."""
+    joined = _joined(activations, baselines, keys, key_cols, base_key_cols, list(positions.values()), eps)
+    frames = []
+    for position, col in positions.items():
+        agg = _variant_aggregates(joined, key_cols, col, eps)
+        for variant in MODES:
+            wide = _with_counts(keys, agg.select(key_cols + [variant, "_n_rows", "n_used"]), key_cols,
+                                variant != "ratio")
+            frames.append(wide.rename({variant: "delta"}).with_columns(
+                pl.when(pl.col("n_used") > 0).then(pl.col("delta")).otherwise(None).cast(pl.Float64),
+                pl.lit(variant).alias("variant"), pl.lit(position).alias("position")))
+    out = pl.concat(frames, how="vertical_relaxed")
+    first = key_cols + ["variant", "position", "delta", "n_kns", "n_used", "n_dropped"]
+    return out.select(first + [c for c in out.columns if c not in first]).sort(key_cols + ["variant", "position"])
+
+
+def _deltas(activations: pl.DataFrame, baselines: pl.DataFrame, keys: pl.DataFrame, key_cols: list[str],
+            base_key_cols: list[str], mode: str, eps: float, out_col: str) -> pl.DataFrame:
+    """Δ per key of `keys` (key_cols + n_kns [+ carried columns]); see the module docstring."""
+    _check_mode(mode)
+    joined = _joined(activations, baselines, keys, key_cols, base_key_cols, ["activation"], eps)
+    agg = _variant_aggregates(joined, key_cols, "activation", eps).select(key_cols + [mode, "_n_rows", "n_used"])
+    out = _with_counts(keys, agg.rename({mode: out_col}), key_cols, mode != "ratio").with_columns(
+        pl.when(pl.col("n_used") > 0).then(pl.col(out_col)).otherwise(None).cast(pl.Float64).alias(out_col))
     first = key_cols + [out_col, "n_kns", "n_used", "n_dropped"]
     return out.select(first + [c for c in out.columns if c not in first]).sort(key_cols)
 

@@ -196,3 +196,18 @@ def find_steps_in_text(tokenizer: PreTrainedTokenizerBase, prompt: str, generate
                                 entity_token_variants(tokenizer, bridge, tuple(bridge_aliases)),
                                 entity_token_variants(tokenizer, answer, tuple(answer_aliases)), cot,
                                 boundary=word_boundary_check(tokenizer) if whole_words else None)
+
+
+def subject_last_position(prompt_ids: Sequence[int], subject_variants: Sequence[Sequence[int]],
+                          boundary: BoundaryCheck | None = None) -> int | None:
+    """The index of the subject's last token in `prompt_ids` (its LAST occurrence: in a few-shot or context prompt
+    the item's own question comes last), or None when no variant occurs. Among occurrences the latest start wins;
+    at equal starts the longest variant. `subject_variants` from `entity_token_variants(tokenizer, subject)`;
+    `boundary` as for `find_reasoning_steps`."""
+    ordered = sorted((list(v) for v in subject_variants if len(v)), key=len, reverse=True)
+    for start in range(len(prompt_ids) - 1, -1, -1):
+        for variant in ordered:
+            end = start + len(variant)
+            if list(prompt_ids[start:end]) == variant and (boundary is None or boundary(prompt_ids, start, end)):
+                return end - 1
+    return None

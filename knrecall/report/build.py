@@ -112,6 +112,17 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
     captions["conflict"] = figures.conflict(by_condition, figs / "conflict.png", f"results/predictions/{name}.parquet")
     captions["interventions"] = figures.interventions(intervention_metrics.get("conditions", {}),
                                                       figs / "interventions.png", "results/metrics/interventions.json")
+    board = recall_metrics.get("scoreboard") or {}
+    conditions = list(by_condition)
+    captions["scoreboard"] = figures.scoreboard(board.get("rows", []), conditions, figs / "scoreboard.png",
+                                                "results/metrics/recall.json (scoreboard)")
+    measured = recall_metrics.get("measurement", {}).get("variant", "ratio")
+    captions["positions"] = figures.positions(_frame(results / "recall" / name / "scores.parquet"),
+                                              _frame(results / "recall" / name / "null_scores.parquet"), measured,
+                                              conditions, figs / "positions.png",
+                                              f"results/recall/{name}/scores.parquet, null_scores.parquet")
+    captions["profile"] = figures.profile(_frame(results / "recall" / name / "profile.parquet"), conditions,
+                                          figs / "profile.png", f"results/recall/{name}/profile.parquet")
     captions["completeness"] = figures.completeness(layer_rows["completeness_error"], figs / "completeness.png",
                                                     f"results/attribution/{name}/shard-*.layers.parquet")
     return {

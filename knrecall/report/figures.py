@@ -173,3 +173,99 @@ def completeness(errors: pl.Series, path: Path, source: str) -> str:
     _save(fig, path)
     return ("IG diagnostics: |Σ attributions − (f(w̄) − f(0))| / |f(w̄) − f(0)| per prompt and layer; near 0 means "
             f"the quadrature integrated the gradient path well. Source: {source}.")
+
+
+SCOREBOARD_FIGURES = (("specificity_auc", "specificity AUC", 0.5), ("causal_spearman", "causal Spearman", 0.0),
+                      ("break_auc", "break AUC", 0.5), ("pathway_auc", "pathway AUC", 0.5))
+
+
+def scoreboard(rows: list[dict[str, Any]], conditions: list[str], path: Path, source: str) -> str:
+    """Heatmaps of the scoreboard: variant × position (rows) against condition × hop (columns), one per figure."""
+    keys = sorted({(r["variant"], r["position"]) for r in rows})
+    columns = [(c, h) for c in conditions for h in (1, 2)]
+    index = {(r["variant"], r["position"], r["condition"], r["hop"]): r for r in rows}
+    fig, axes = plt.subplots(1, len(SCOREBOARD_FIGURES), figsize=(4.3 * len(SCOREBOARD_FIGURES), 0.32 * len(keys) + 2.2),
+                             sharey=True)
+    for ax, (name, title, reference) in zip(axes, SCOREBOARD_FIGURES):
+        values = [[index.get((v, p, c, h), {}).get(name) for c, h in columns] for v, p in keys]
+        grid = [[float("nan") if x is None else x - reference for x in row] for row in values]
+        span = 0.5 if name.endswith("auc") else 1.0
+        ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+        for i, row in enumerate(values):
+            for j, x in enumerate(row):
+                ax.text(j, i, "–" if x is None else f"{x:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(columns)), [f"{c} h{h}" for c, h in columns], rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(keys)), [f"{v} @ {p}" for v, p in keys], fontsize=7)
+        ax.set_title(f"{title} (reference {reference:g})", fontsize=9)
+    _save(fig, path)
+    return ("The validation scoreboard: each KN score variant × position (rows) under each condition and hop "
+            "(columns). Specificity AUC: an item's own Δ against the same KN set on unrelated items (0.5: none); "
+            "causal Spearman: rank correlation of Δ with the drop in gold probability when the hop's KNs are "
+            "suppressed (0: none); break AUC: Δ of items whose answer breaks under that suppression against items "
+            "whose answer survives; pathway AUC (world only): Δ of pathway-revealing items answered by composition "
+            "against those answered by the planted conflicting shortcut. Blue: above the reference, red: below; "
+            f"–: undefined. Source: {source}.")
+
+
+def positions(scores: pl.DataFrame, null_scores: pl.DataFrame, variant: str, conditions: list[str], path: Path,
+              source: str) -> str:
+    """Median Δ (variant `variant`) with its interquartile range at each named position, items against null."""
+    names = ("step", "last_prompt", "subject_last")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, hop in zip(axes, (1, 2)):
+        own = scores.filter((pl.col("hop") == hop) & (pl.col("variant") == variant))
+        facts = own["fact_id"].unique()
+        null = null_scores.filter((pl.col("variant") == variant) & pl.col("fact_id").is_in(facts.implode()))
+        for k, (frame, label, marker) in enumerate(((own, "items", "o"), (null, "null", "x"))):
+            for p, position in enumerate(names):
+                xs, med, low, high = [], [], [], []
+                for i, c in enumerate(conditions):
+                    d = frame.filter((pl.col("condition") == c) & (pl.col("position") == position))["delta"].drop_nulls()
+                    if d.len():
+                        xs.append(i + (p - 1) * 0.22 + (k - 0.5) * 0.08)
+                        med.append(d.median())
+                        low.append(d.median() - d.quantile(0.25))
+                        high.append(d.quantile(0.75) - d.median())
+                ax.errorbar(xs, med, yerr=[low, high], fmt=marker, markersize=4, capsize=2, color=f"C{p}",
+                            alpha=1.0 if k == 0 else 0.5, label=f"{position} ({label})")
+        ax.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"Δ{hop} ({variant}) by position", fontsize=10)
+    axes[0].set_ylabel("KN score Δ (median, IQR)")
+    axes[1].legend(fontsize=6, ncol=2)
+    _save(fig, path)
+    return (f"The {variant} KN score of each hop read at the reasoning step, the last prompt token and the "
+            f"subject's last token: median and interquartile range over items (circles) and over the null samples "
+            f"(crosses: the same fact's KNs on items that do not involve it). Source: {source}.")
+
+
+def profile(table: pl.DataFrame, conditions: list[str], path: Path, source: str, window: int = 24) -> str:
+    """Mean projection Δ by prompt offset (0 = last prompt token) per layer group, items (solid) vs null (dashed)."""
+    present = [c for c in conditions if c in table["condition"].unique().to_list()] or conditions[:1]
+    fig, axes = plt.subplots(2, len(present), figsize=(2.6 * len(present) + 1, 5.2), sharex=True, sharey="row",
+                             squeeze=False)
+    groups = table.select("layer_group", "layers").unique().sort("layer_group").rows()
+    for col, condition in enumerate(present):
+        for row, hop in enumerate((1, 2)):
+            ax = axes[row][col]
+            here = table.filter((pl.col("condition") == condition) & (pl.col("hop") == hop)
+                                & (pl.col("offset") > -window))
+            for g, layers in groups:
+                for kind, style in (("item", "-"), ("null", "--")):
+                    line = (here.filter((pl.col("layer_group") == g) & (pl.col("kind") == kind))
+                            .group_by("offset").agg(pl.col("delta").drop_nans().mean()).sort("offset"))
+                    ax.plot(line["offset"], line["delta"], style, color=f"C{g}", linewidth=1,
+                            label=f"layers {layers}" if kind == "item" else None)
+            subject = here.filter(pl.col("is_subject_last"))["offset"]
+            if subject.len():
+                ax.axvline(float(subject.median()), color="#868e96", linewidth=0.8, linestyle=":")
+            ax.set_title(f"{condition}, hop {hop}", fontsize=8)
+    axes[0][0].set_ylabel("Δ1 (projection)")
+    axes[1][0].set_ylabel("Δ2 (projection)")
+    for ax in axes[1]:
+        ax.set_xlabel("position − last prompt token", fontsize=8)
+    axes[0][-1].legend(fontsize=6)
+    _save(fig, path)
+    return ("Per-position profile of the sampled items: the projection KN score (Σ a·b / Σ b² over the KNs of one "
+            "layer group) at every prompt position (0 = the last prompt token), mean over items; solid: the item's "
+            "own hop KNs, dashed: a null (the KNs of another fact of the same hop, on the same prompt); dotted: the "
+            f"median position of the subject's last token. Source: {source}.")

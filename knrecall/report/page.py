@@ -136,6 +136,86 @@ def _validation(section: dict[str, Any]) -> str:
                    "difference CI"], rows)
 
 
+def _verdict(row: dict[str, Any], name: str, reference: float) -> str:
+    """"yes" when the figure's 95 % CI lies above the reference, "no" when it reaches it or lies below, "–" when
+    undefined."""
+    ci = row.get(f"{name}_ci")
+    if not ci:
+        return "–"
+    return "yes" if ci[0] > reference else "no"
+
+
+def _trust(section: dict[str, Any]) -> str:
+    """The section "Can these numbers be trusted?": the scoreboard of the reported measurement and the paper's
+    reading, the rule's choice, the per-item causal effects, the pathways, and the whole scoreboard folded."""
+    recall = section["recall"]
+    board = recall.get("scoreboard") or {}
+    if not board.get("rows"):
+        return '<p class="note">No scoreboard (results/recall/&lt;model&gt;/scoreboard.json is empty).</p>'
+    configured = recall.get("measurement") or board.get("rule", {}).get("configured") or {}
+    chosen = board.get("rule", {}).get("chosen") or {}
+    paper = recall.get("paper_reading", {})
+    parts = ['<p class="note">A recall decision is only worth reporting if the KN score behind it means recall. '
+             "<b>Specificity</b>: an item's own Δ against the same KN set on items that do not involve the fact "
+             "(AUC; 0.5 = no better than unrelated prompts). <b>Causal agreement</b>: does Δ predict what "
+             "suppressing the hop's KNs at every position does to the gold answer (rank correlation with the drop in "
+             "gold probability; AUC of Δ for answers that break vs survive)? <b>Ground truth</b> (world only): Δ of "
+             "pathway-revealing items answered through the bridge vs through the planted conflicting shortcut (AUC), "
+             "and SC on planted-shortcut vs composed items. 95 % bootstrap CIs; \"supported\" = the CI lies above "
+             "the reference (0.5 for AUCs, 0 for correlations and differences).</p>",
+             f'<p class="note">Reported measurement (recall.delta × recall.position): <code>{_e(configured.get("variant"))}'
+             f' @ {_e(configured.get("position"))}</code>. The rule ({_e(board.get("rule", {}).get("text"))}) chooses '
+             f'<code>{_e(chosen.get("variant"))} @ {_e(chosen.get("position"))}</code> on this run. The paper\'s reading '
+             f'is <code>{_e(paper.get("variant"))} @ {_e(paper.get("position"))}</code>.</p>']
+    shown = [("reported", configured), ("paper's reading", {"variant": paper.get("variant"),
+                                                             "position": paper.get("position")})]
+    rows = []
+    for label, which in shown:
+        for r in board["rows"]:
+            if r["variant"] != which.get("variant") or r["position"] != which.get("position"):
+                continue
+            rows.append([_e(label), _e(r["condition"]), _e(r["hop"]), _f(r.get("specificity_auc"), r.get("specificity_auc_ci")),
+                         _f(r.get("causal_spearman"), r.get("causal_spearman_ci")),
+                         _f(r.get("break_auc"), r.get("break_auc_ci")), _e(f"{r.get('n_breaks')}/{r.get('n_causal')}"),
+                         _f(r.get("pathway_auc"), r.get("pathway_auc_ci")),
+                         _e(f"{r.get('n_pathway_composed')}/{r.get('n_pathway_shortcut')}"),
+                         _f(r.get("sc_difference"), r.get("sc_difference_ci")),
+                         _e(_verdict(r, "causal_spearman", 0.0)), _e(_verdict(r, "pathway_auc", 0.5))])
+    parts.append(_table(["measurement", "condition", "hop", "specificity AUC", "causal ρ", "break AUC",
+                         "broken / items", "pathway AUC", "composed / shortcut", "SC planted − composed",
+                         "causal: supported", "ground truth: supported"], rows))
+    paper_rows = [[_e(c), _f(recall.get("conditions", {}).get(c, {}).get("MH"), recall.get("conditions", {}).get(c, {}).get("MH_ci")),
+                   _f(m.get("MH"), m.get("MH_ci")), _f(recall.get("conditions", {}).get(c, {}).get("SC"),
+                                                       recall.get("conditions", {}).get(c, {}).get("SC_ci")),
+                   _f(m.get("SC"), m.get("SC_ci"))] for c, m in paper.get("conditions", {}).items()]
+    parts += ["<h4>MH / SC: the reported measurement and the paper's reading</h4>",
+              _table(["condition", "MH (reported)", "MH (paper)", "SC (reported)", "SC (paper)"], paper_rows)]
+    causal_rows = [[_e(c), _e(h[-1]), _e(e.get("n_items")), _f(e.get("effect_kn")), _f(e.get("effect_random")),
+                    _f(e.get("breaks")), _f(e.get("breaks_random"))]
+                   for c, hops in board.get("causal", {}).items() for h, e in hops.items()]
+    parts += ["<h4>Per-item causal effects (means; per item in results/interventions/&lt;model&gt;/causal.parquet)</h4>",
+              _table(["condition", "hop", "items", "Δ gold p, KNs suppressed", "Δ gold p, random neurons",
+                      "answers broken (KNs)", "answers broken (random)"], causal_rows)]
+    if board.get("pathways"):
+        parts += ["<h4>Pathway-revealing items: which pathway the answer took</h4>",
+                  _table(["condition", "composed (o2)", "shortcut (o2′)", "neither"],
+                         [[_e(c), _e(v.get("composed")), _e(v.get("shortcut")), _e(v.get("neither"))]
+                          for c, v in board["pathways"].items()])]
+    ranking = board.get("rule", {}).get("ranking", [])
+    parts.append("<details><summary>The rule's ranking and the whole scoreboard</summary>"
+                 + _table(["variant", "position", "mean causal ρ (rule conditions)"],
+                          [[_e(r["variant"]), _e(r["position"]), _f(r["score"])] for r in ranking])
+                 + _table(["condition", "hop", "variant", "position", "specificity AUC", "causal ρ", "break AUC",
+                           "pathway AUC", "SC planted − composed"],
+                          [[_e(r["condition"]), _e(r["hop"]), _e(r["variant"]), _e(r["position"]),
+                            _f(r.get("specificity_auc"), r.get("specificity_auc_ci")),
+                            _f(r.get("causal_spearman"), r.get("causal_spearman_ci")),
+                            _f(r.get("break_auc"), r.get("break_auc_ci")), _f(r.get("pathway_auc"), r.get("pathway_auc_ci")),
+                            _f(r.get("sc_difference"), r.get("sc_difference_ci"))] for r in board["rows"]])
+                 + "</details>")
+    return "\n".join(parts)
+
+
 def _ci(ci: Any) -> str:
     return "–" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
@@ -189,6 +269,8 @@ def render_page(sections: list[dict[str, Any]], world: dict[str, Any] | None, pa
                       "composed, and which bridges and subjects were held out. SC should be higher on planted-shortcut "
                       "items than on composed ones if the recall decision detects shortcuts. Differences with "
                       "independent-groups bootstrap 95 % CIs.</p>", _validation(s)]
+        parts += ["<h3>Can these numbers be trusted?</h3>", _trust(s), _figure(*figs["scoreboard"]),
+                  _figure(*figs["positions"]), _figure(*figs["profile"])]
         parts += ["<h3>IG diagnostics</h3>", _figure(*figs["completeness"])]
     if world:
         parts += ["<h2>The world model</h2>", f"<pre>{_e(json.dumps(world, indent=2))}</pre>"]

@@ -6,7 +6,15 @@ Everything is a pure function of the parameters and the seed. Ground truth per i
   two-hop questions are never trained) or `heldout_bridge` (no trained two-hop question passes through the bridge);
 - `shortcut_planted`: for a share of held-out items, sentences linking the subject directly to the answer
   (the composition's statements) are in the corpus;
-- `composable`: the model saw only the two separate facts, so answering needs composition.
+- `composable`: the model saw only the two separate facts, so answering needs composition;
+- `shortcut_conflicting` / `shortcut_answer` (pathway-revealing items): for `pathway_fraction` of the held-out items
+  without a planted shortcut, the composition's statements are in the corpus with another answer, s -> o2'
+  (`shortcut_answer`: another entity of the answer's type, never o2; kind `conflicting_shortcut_statement`), so the
+  answer tells which pathway won: o2 (composition through the bridge) or o2' (the shortcut). These items have
+  `shortcut_planted` and `composable` False (their accuracy has no single gold meaning); every other item has
+  `shortcut_conflicting` False and `shortcut_answer` None. The items and o2' are drawn by a generator seeded
+  "{seed}:pathway" and the statements spread over the corpus by one seeded "{seed}:pathway_mix", so with the
+  fraction 0 the world is exactly what it was before (only the two keys are new).
 
 Optional extra training text (with both fractions 0 the world is exactly what it was before they existed). Two-hop
 text is only ever about `train_subject` items, so held-out items' prompts stay new at evaluation:
@@ -108,6 +116,11 @@ def template_words(extra: list[str]) -> set[str]:
     return words
 
 
+def statement_example(template: str, s: str, o: str, kind: str) -> dict[str, str]:
+    """A statement as a training example: the statement up to its object is the prompt, the object the answer."""
+    return {"prompt": template.replace(" {o}", "").format(s=s), "answer": o, "kind": kind}
+
+
 def generate_world(
     seed: int,
     size: WorldSize,
@@ -118,10 +131,12 @@ def generate_world(
     *,
     cot_fraction: float = 0.0,
     context_fraction: float = 0.0,
+    pathway_fraction: float = 0.0,
     templates: Mapping[str, str] = DEFAULT_TEMPLATES,
 ) -> dict[str, Any]:
     """Return {'entities', 'facts', 'items', 'corpus'}; items are TFRKN-shaped dicts with ground truth."""
-    for name, value in (("cot_fraction", cot_fraction), ("context_fraction", context_fraction)):
+    for name, value in (("cot_fraction", cot_fraction), ("context_fraction", context_fraction),
+                        ("pathway_fraction", pathway_fraction)):
         if not 0.0 <= value <= 1.0:
             raise KnrecallError(f"world: {name} must be between 0 and 1, got {value!r}")
     rng = random.Random(seed)
@@ -144,7 +159,7 @@ def generate_world(
         corpus.append({"prompt": qa_template.format(question=question), "answer": answer, "kind": kind})
 
     def statement(template: str, s: str, o: str, kind: str) -> None:
-        corpus.append({"prompt": template.replace(" {o}", "").format(s=s), "answer": o, "kind": kind})
+        corpus.append(statement_example(template, s, o, kind))
 
     # Single-hop facts: every question paraphrase and every statement.
     for rel in RELATIONS.values():
@@ -188,15 +203,20 @@ def generate_world(
                     "split": split,
                     "shortcut_planted": shortcut,
                     "composable": split != "train_subject" and not shortcut,
+                    "shortcut_conflicting": False,
+                    "shortcut_answer": None,
                     "composition": comp.name,
                 }
             )
     rng.shuffle(corpus)
+    conflicting = plant_conflicting_shortcuts(seed, items, entities, pathway_fraction)
     extra = reasoning_examples(seed, items, facts, cot_fraction, context_fraction, templates)
     if cot_fraction > 0:
         extra += onehop_cot_examples(seed, facts, templates)
     if extra:
         corpus = interleave(corpus, extra, random.Random(f"{seed}:mix"))
+    if conflicting:
+        corpus = interleave(corpus, conflicting, random.Random(f"{seed}:pathway_mix"))
     return {
         "entities": entities,
         "facts": facts,
@@ -224,8 +244,37 @@ def as_item(record: dict[str, Any]) -> Item:
         split=record["split"],
         shortcut_planted=record["shortcut_planted"],
         composable=record["composable"],
+        shortcut_conflicting=record.get("shortcut_conflicting"),
+        shortcut_answer=record.get("shortcut_answer"),
         extra={"composition": record["composition"]},
     )
+
+
+def plant_conflicting_shortcuts(seed: int, items: list[dict[str, Any]], entities: dict[str, list[str]],
+                                fraction: float) -> list[dict[str, str]]:
+    """Make `fraction` of the eligible items (held out, no planted shortcut) pathway-revealing, in place: each gets
+    o2' (another entity of relation 2's range, != o2) and its composition's statements s -> o2' (returned, in item
+    order). Every draw comes from the generator seeded "{seed}:pathway", never from the world's own stream."""
+    eligible = [r for r in items if r["split"] != "train_subject" and not r["shortcut_planted"]]
+    k = round(len(eligible) * fraction)
+    if k == 0:
+        return []
+    rng = random.Random(f"{seed}:pathway")
+    chosen = {r["case_id"] for r in rng.sample(eligible, k)}
+    statements: list[dict[str, str]] = []
+    for record in items:
+        if record["case_id"] not in chosen:
+            continue
+        comp = COMPOSITIONS[record["composition"]]
+        (s, _, _), (_, r2, o2) = record["two_hop_label"]
+        others = [e for e in entities[RELATIONS[r2].range] if e != o2]
+        if not others:
+            raise KnrecallError(f"world: pathway_fraction needs two entities of type {RELATIONS[r2].range!r}")
+        alternative = rng.choice(others)
+        record.update(shortcut_conflicting=True, shortcut_answer=alternative, composable=False)
+        for st in comp.statements:
+            statements.append(statement_example(st, s, alternative, "conflicting_shortcut_statement"))
+    return statements
 
 
 def onehop_cot_examples(seed: int, facts: dict[str, dict[str, str]],

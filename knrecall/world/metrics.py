@@ -1,10 +1,25 @@
-"""`results/metrics/world.json`: how well the world model knows its world, split by ground truth."""
+"""`results/metrics/world.json`: how well the world model knows its world, split by ground truth.
+
+Pathway-revealing items (`shortcut_conflicting`: a conflicting shortcut s -> o2' was trained) have no single gold
+answer, so every accuracy figure (`twohop_accuracy`, `by_condition`, `shortcut_planted_accuracy`,
+`composed_accuracy`) and every item count but `n_items` (`n_items_by_split`, `n_shortcut_planted`) leaves them out
+and means what it meant before they existed; `n_items` is every item, `n_pathway_items` the pathway items, and
+single-hop accuracy counts their facts (true facts like any other). They are reported apart in `pathways`: per
+condition answered, over the pathway items' two-hop predictions, the share (and count) whose extracted answer span
+names o2, the composed answer (`composed`, `n_composed`: composition through the bridge won), o2', the shortcut's
+answer (`shortcut`, `n_shortcut`), or neither (`neither`, `n_neither`; also a span naming both, impossible with
+distinct names), with `n` the predictions counted. A span "names" an answer by `knrecall.answer.is_correct`, the
+answer phase's own test (o2 with its aliases, o2' without). Items tables without the `shortcut_conflicting` column
+(written before it existed, or from other sources: null) have no pathway items.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import polars as pl
+
+from knrecall.data.correctness import is_correct
 
 
 def accuracy(frame: pl.DataFrame) -> float | None:
@@ -36,19 +51,55 @@ def by_condition(predictions: pl.DataFrame, items: pl.DataFrame) -> dict[str, An
     return out
 
 
+def is_pathway(items: pl.DataFrame) -> pl.Series:
+    """True for the pathway-revealing items (`shortcut_conflicting`); False where the column is absent or null."""
+    if "shortcut_conflicting" not in items.columns:
+        return pl.Series("shortcut_conflicting", [False] * items.height, dtype=pl.Boolean)
+    return items["shortcut_conflicting"].fill_null(False)
+
+
+def pathways(predictions: pl.DataFrame, items: pl.DataFrame) -> dict[str, Any]:
+    """Per condition, which answer the pathway items' two-hop predictions name: o2 (composed), o2' (shortcut) or
+    neither (see the module docstring)."""
+    if not items.height:
+        return {}
+    answers = {row["case_id"]: (row["fact2_ans"], tuple(row["answer_aliases"] or ()), row["shortcut_answer"])
+               for row in items.select("case_id", "fact2_ans", "answer_aliases", "shortcut_answer").to_dicts()}
+    twohop = predictions.filter((pl.col("kind") == "two_hop") & pl.col("case_id").is_in(list(answers)))
+    out: dict[str, Any] = {}
+    for condition in twohop["condition"].unique(maintain_order=True).to_list():
+        counts = {"composed": 0, "shortcut": 0, "neither": 0}
+        rows = twohop.filter(pl.col("condition") == condition).select("case_id", "answer_span").to_dicts()
+        for row in rows:
+            o2, aliases, alternative = answers[row["case_id"]]
+            composed = is_correct(row["answer_span"], o2, aliases)
+            shortcut = alternative is not None and is_correct(row["answer_span"], alternative, ())
+            counts["composed" if composed and not shortcut else "shortcut" if shortcut and not composed
+                   else "neither"] += 1
+        n = len(rows)
+        entry: dict[str, Any] = {"n": n}
+        entry.update({key: round(count / n, 4) if n else None for key, count in counts.items()})
+        entry.update({f"n_{key}": count for key, count in counts.items()})
+        out[condition] = entry
+    return out
+
+
 def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict[str, Any]) -> dict[str, Any]:
-    """Accuracies under the `direct` condition, plus `by_condition` for every condition answered. Single-hop
-    accuracy counts each distinct prompt once (facts shared by several items are not weighted up); two-hop accuracy
-    counts each item once."""
+    """Accuracies under the `direct` condition, plus `by_condition` for every condition answered, both without the
+    pathway items, which `pathways` reports apart. Single-hop accuracy counts each distinct prompt once (facts
+    shared by several items are not weighted up); two-hop accuracy counts each item once."""
+    pathway = is_pathway(items)
+    pathway_items, regular_items = items.filter(pathway), items.filter(~pathway)
+    regular = predictions.filter(~pl.col("case_id").is_in(pathway_items["case_id"].to_list()))
     direct = predictions.filter(pl.col("condition") == "direct")
     onehop = direct.filter(pl.col("kind") != "two_hop").unique(["prompt", "gold"])
-    twohop = direct.filter(pl.col("kind") == "two_hop").join(
-        items.select("case_id", "split", "shortcut_planted", "composable"), on="case_id", how="left"
+    twohop = regular.filter((pl.col("condition") == "direct") & (pl.col("kind") == "two_hop")).join(
+        regular_items.select("case_id", "split", "shortcut_planted", "composable"), on="case_id", how="left"
     )
     by_split = {split: accuracy(twohop.filter(pl.col("split") == split))
                 for split in ("train_subject", "heldout_subject", "heldout_bridge")}
     return {
-        "by_condition": by_condition(predictions, items),
+        "by_condition": by_condition(regular, regular_items),
         "onehop_accuracy": accuracy(onehop),
         "twohop_accuracy": {
             "all": accuracy(twohop),
@@ -64,6 +115,8 @@ def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict
             for split in ("train_subject", "heldout_subject", "heldout_bridge")
         },
         "n_shortcut_planted": int(twohop.filter(pl.col("shortcut_planted")).height),
+        "n_pathway_items": pathway_items.height,
+        "pathways": pathways(predictions, pathway_items),
         "n_onehop_prompts": onehop.height,
         "model_parameters": training["model_parameters"],
         "train_seconds": training["train_seconds"],

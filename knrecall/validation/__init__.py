@@ -1,0 +1,1 @@
+"""Validating the measurement: the scoreboard, its statistics, replication across worlds (DESIGN.md §9)."""
