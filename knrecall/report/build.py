@@ -65,7 +65,9 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
 
     # accuracy: single-hop (distinct prompts) and two-hop per condition, CIs from recall.json
     single = predictions.filter(pl.col("kind") != "two_hop").unique("prompt")
-    two_hop = predictions.filter(pl.col("kind") == "two_hop")
+    # pathway-revealing world items have no single gold answer: left out, as in world.json and recall.json
+    probes = [item.case_id for item in items if item.shortcut_conflicting]
+    two_hop = predictions.filter((pl.col("kind") == "two_hop") & ~pl.col("case_id").is_in(probes))
     by_condition: dict[str, dict[str, Any]] = {}
     for condition in two_hop["condition"].unique(maintain_order=True).to_list():
         rows = two_hop.filter(pl.col("condition") == condition)

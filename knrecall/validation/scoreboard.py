@@ -65,10 +65,16 @@ def pathway_answers(items: pl.DataFrame, predictions: pl.DataFrame) -> pl.DataFr
                         orient="row")
 
 
+def _by_fact(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """fact_id -> its non-null deltas (one sort and split, not a group-by per fact)."""
+    frame = frame.select("fact_id", "delta").drop_nulls().sort("fact_id")
+    facts, starts = np.unique(frame["fact_id"].to_numpy(), return_index=True)
+    return dict(zip(facts.tolist(), np.split(frame["delta"].to_numpy(), starts[1:])))
+
+
 def _specificity(own: pl.DataFrame, null: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
-    nulls = {f: g["delta"].drop_nulls().to_numpy() for (f,), g in null.group_by(["fact_id"])}
-    groups = [(g["delta"].drop_nulls().to_numpy(), nulls.get(f, np.array([])))
-              for (f,), g in own.sort("fact_id").group_by(["fact_id"], maintain_order=True)]
+    nulls = _by_fact(null)
+    groups = [(values, nulls.get(f, np.array([]))) for f, values in sorted(_by_fact(own).items())]
     return {"specificity_auc": _r(stratified_auc(groups)),
             "specificity_auc_ci": _ci(stratified_auc_ci(groups, n_resamples=resamples, seed=seed)),
             "n_own": int(sum(len(p) for p, n in groups if len(n))), "n_null": int(sum(len(v) for v in nulls.values()))}

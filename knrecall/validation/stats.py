@@ -114,6 +114,23 @@ def _ranks(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _tie_groups(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's tie group (0 .. G-1, ascending by value) and G."""
+    unique, inverse = np.unique(a, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), unique.size
+
+
+def _resampled_ranks(group: np.ndarray, n_groups: int, idx: np.ndarray) -> np.ndarray:
+    """Average ranks along each row of a[idx] (idx: rows × m indices into a), from a's tie groups: a value's rank is
+    the count of drawn values in lower groups plus (the count in its own group + 1) / 2 — exact, O(m) per row."""
+    rows = idx.shape[0]
+    gid = group[idx]
+    counts = np.bincount((gid + n_groups * np.arange(rows)[:, None]).ravel(),
+                         minlength=rows * n_groups).reshape(rows, n_groups)
+    rank_of_group = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
+    return np.take_along_axis(rank_of_group, gid, axis=1)
+
+
 def _u_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Mann–Whitney U of each row of `pos` (rows × n_pos) against the same row of `neg` (rows × n_neg)."""
     n_pos = pos.shape[1]
@@ -161,18 +178,40 @@ def auc(positives: Values, negatives: Values) -> float | None:
 
 
 def _strata(groups: Iterable[tuple[Values, Values]]) -> tuple[np.ndarray, np.ndarray]:
-    """(U_g, n_pos,g·n_neg,g) of the strata with both sides non-empty (after dropping None / NaN)."""
-    us, ms = [], []
+    """(U_g, n_pos,g·n_neg,g) of the strata with both sides non-empty (after dropping None / NaN), all strata ranked
+    in one pass: the pooled values sorted by (stratum, value), average ranks within each stratum's ties."""
+    values, stratum, positive = [], [], []
     for k, group in enumerate(groups):
         try:
             positives, negatives = group
         except (TypeError, ValueError):
             raise KnrecallError(f"groups[{k}]: expected a (positives, negatives) pair") from None
-        u, pairs, _, _ = _u_and_pairs(positives, negatives)
-        if pairs > 0:
-            us.append(u)
-            ms.append(pairs)
-    return np.array(us, dtype=np.float64), np.array(ms, dtype=np.float64)
+        pos, _ = drop_missing(positives, "positives")
+        neg, _ = drop_missing(negatives, "negatives")
+        if pos.size and neg.size:
+            values += [pos, neg]
+            stratum.append(np.full(pos.size + neg.size, len(stratum), dtype=np.int64))
+            positive += [np.ones(pos.size, dtype=bool), np.zeros(neg.size, dtype=bool)]
+    if not stratum:
+        return np.zeros(0), np.zeros(0)
+    v, g, is_pos = np.concatenate(values), np.concatenate(stratum), np.concatenate(positive)
+    order = np.lexsort((v, g))
+    sv, sg, sp = v[order], g[order], is_pos[order]
+    n = sv.size
+    new_stratum = np.ones(n, dtype=bool)
+    new_stratum[1:] = sg[1:] != sg[:-1]
+    new_run = new_stratum.copy()
+    new_run[1:] |= sv[1:] != sv[:-1]  # != rather than diff: inf == inf is a tie
+    stratum_start = np.maximum.accumulate(np.where(new_stratum, np.arange(n), 0))
+    run_starts = np.flatnonzero(new_run)
+    run_lengths = np.diff(np.append(run_starts, n))
+    run_of = np.cumsum(new_run) - 1
+    ranks = (run_starts[run_of] - stratum_start) + (run_lengths[run_of] + 1) / 2.0  # 1-based, within the stratum
+    n_strata = int(sg.max()) + 1
+    n_pos = np.bincount(sg, weights=sp, minlength=n_strata)
+    n_all = np.bincount(sg, minlength=n_strata)
+    u = np.bincount(sg, weights=np.where(sp, ranks, 0.0), minlength=n_strata) - n_pos * (n_pos + 1) / 2.0
+    return u.astype(np.float64), (n_pos * (n_all - n_pos)).astype(np.float64)
 
 
 def stratified_auc(groups: Iterable[tuple[Values, Values]]) -> float | None:
@@ -240,11 +279,13 @@ def auc_ci(positives: Values, negatives: Values, n_resamples: int = 1000, seed: 
     if pairs == 0:
         return None
     gen = np.random.default_rng(int(seed))
+    group, n_groups = _tie_groups(np.concatenate([pos, neg]))
     stats = []
     for rows in _chunks(int(n_resamples), pos.size + neg.size):
         ip = gen.integers(0, pos.size, size=(rows, pos.size))
         ineg = gen.integers(0, neg.size, size=(rows, neg.size))
-        stats.append(_u_rows(pos[ip], neg[ineg]) / pairs)
+        ranks = _resampled_ranks(group, n_groups, np.concatenate([ip, pos.size + ineg], axis=1))
+        stats.append((ranks[:, :pos.size].sum(axis=1) - pos.size * (pos.size + 1) / 2.0) / pairs)
     return _interval(np.concatenate(stats), int(n_resamples), level)
 
 
@@ -284,10 +325,11 @@ def spearman_ci(x: Values, y: Values, n_resamples: int = 1000, seed: int = 0,
     if spearman(a, b) is None:
         return None
     gen = np.random.default_rng(int(seed))
+    (group_a, n_a), (group_b, n_b) = _tie_groups(a), _tie_groups(b)
     stats = []
     for rows in _chunks(int(n_resamples), 2 * a.size):
         idx = gen.integers(0, a.size, size=(rows, a.size))
-        stats.append(_pearson_rows(_ranks(a[idx]), _ranks(b[idx])))
+        stats.append(_pearson_rows(_resampled_ranks(group_a, n_a, idx), _resampled_ranks(group_b, n_b, idx)))
     return _interval(np.concatenate(stats), int(n_resamples), level)
 
 

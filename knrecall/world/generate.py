@@ -272,8 +272,8 @@ def plant_conflicting_shortcuts(seed: int, items: list[dict[str, Any]], entities
             raise KnrecallError(f"world: pathway_fraction needs two entities of type {RELATIONS[r2].range!r}")
         alternative = rng.choice(others)
         record.update(shortcut_conflicting=True, shortcut_answer=alternative, composable=False)
-        for st in comp.statements:
-            statements.append(statement_example(st, s, alternative, "conflicting_shortcut_statement"))
+        statements.append(statement_example(rng.choice(comp.statements), s, alternative,
+                                            "conflicting_shortcut_statement"))
     return statements
 
 
