@@ -162,13 +162,18 @@ def _trust(section: dict[str, Any]) -> str:
              "gold probability; AUC of Δ for answers that break vs survive)? <b>Ground truth</b> (world only): Δ of "
              "pathway-revealing items answered through the bridge vs through the planted conflicting shortcut (AUC), "
              "and SC on planted-shortcut vs composed items. 95 % bootstrap CIs; \"supported\" = the CI lies above "
-             "the reference (0.5 for AUCs, 0 for correlations and differences).</p>",
+             "the reference (0.5 for AUCs, 0 for correlations and differences). Under chain of thought a hop's "
+             "reasoning step exists only where the chain names its entity (else Δ is read at the last prompt token), "
+             "so at <code>step</code> a pathway AUC also reflects whether the chain named it: a shortcut answer "
+             "rarely names o2 after the bridge.</p>",
              f'<p class="note">Reported measurement (recall.delta × recall.position): <code>{_e(configured.get("variant"))}'
              f' @ {_e(configured.get("position"))}</code>. The rule ({_e(board.get("rule", {}).get("text"))}) chooses '
              f'<code>{_e(chosen.get("variant"))} @ {_e(chosen.get("position"))}</code> on this run. The paper\'s reading '
              f'is <code>{_e(paper.get("variant"))} @ {_e(paper.get("position"))}</code>.</p>']
-    shown = [("reported", configured), ("paper's reading", {"variant": paper.get("variant"),
-                                                             "position": paper.get("position")})]
+    paper_measure = {"variant": paper.get("variant"), "position": paper.get("position")}
+    shown = [("reported" if paper_measure != dict(configured) else "reported = paper's reading", configured)]
+    if paper_measure != dict(configured):
+        shown.append(("paper's reading", paper_measure))
     rows = []
     for label, which in shown:
         for r in board["rows"]:
