@@ -399,12 +399,19 @@ def test_corpus_trains_the_conflicting_shortcut_and_never_the_consistent_one():
     for item in chosen:
         prompts = statement_prompts(item)
         examples = [ex for p in prompts for ex in by_prompt[p]]
-        # exactly the composition's statements, once each, with o2' as the answer: no consistent shortcut, no o2
-        assert len(examples) == len(COMPOSITIONS[item["composition"]].statements)
+        # exactly one of the composition's statements (three made the held-out accuracies fall below their
+        # targets), with o2' as the answer: no consistent shortcut, no o2
+        assert len(examples) == 1
         assert all(ex["kind"] == CONFLICTING and ex["answer"] == item["shortcut_answer"] for ex in examples)
         assert f"Q: {item['two_hop']} A:" not in trained_twohop
     conflicting = [ex for ex in world["corpus"] if ex["kind"] == CONFLICTING]
-    assert len(conflicting) == sum(len(COMPOSITIONS[i["composition"]].statements) for i in chosen)
+    assert len(conflicting) == len(chosen)
+    def drawn_index(item):
+        s = item["two_hop_label"][0][0]
+        forms = [st.replace(" {o}", "").format(s=s) for st in COMPOSITIONS[item["composition"]].statements]
+        return next(i for i, p in enumerate(forms) if by_prompt[p])
+
+    assert len(Counter(drawn_index(item) for item in chosen)) > 1  # the statement is drawn, not always the first
 
 
 def test_pathway_fields_reach_the_items_table(tmp_path):
