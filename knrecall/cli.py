@@ -39,14 +39,24 @@ def rule_payload(text: str, what: str, keys: tuple[str, ...]) -> dict:
 
 
 def load_rule_model(payload: dict, args: argparse.Namespace):
-    """The model of a rule's `--params` ('model' block; `--model-path` overrides the path): (spec, model, tokenizer)."""
+    """The model of a rule's `--params` ('model' block; `--model-path` overrides the path): (spec, model, tokenizer,
+    wrap), `wrap` turning a question prompt into the model's prompt (its chat prompt with `chat_template`)."""
     from knrecall.config import ModelParams, parse_params
+    from knrecall.models.chat import prompt_wrapper
     from knrecall.models.load import ModelSpec, load_model
 
     params = parse_params(payload["model"], "--params (model)", ModelParams)
     spec = ModelSpec(args.model_path or params.path, params.revision, params.dtype, params.trust_remote_code,
                      params.allow_pickle)
-    return (spec, *load_model(spec, args.device))
+    model, tokenizer = load_model(spec, args.device)
+    wrap = prompt_wrapper(tokenizer, params.chat_template, args.model_name or params.path)
+    return spec, model, tokenizer, wrap
+
+
+def model_meta(args: argparse.Namespace, spec, payload: dict) -> dict:
+    """The `model` block of an output's metadata."""
+    return {"name": args.model_name, "path": spec.path, "revision": spec.revision, "dtype": spec.dtype,
+            "chat_template": bool(payload["model"].get("chat_template", False))}
 
 
 def json_params(text: str, model, what: str):
@@ -151,13 +161,14 @@ def cmd_world_train(args: argparse.Namespace) -> None:
 def cmd_world_metrics(args: argparse.Namespace) -> None:
     import polars as pl
 
-    from knrecall.io import read_parquet, write_json
+    from knrecall.io import read_metadata, read_parquet, write_json
     from knrecall.world.metrics import world_metrics
 
     items = pl.from_arrow(read_parquet(args.items))
     predictions = pl.from_arrow(read_parquet(args.predictions))
     training = json.loads(Path(args.training).read_text())
-    metrics = world_metrics(items, predictions, training)
+    metrics = world_metrics(items, predictions, training,
+                            skipped=read_metadata(args.predictions).get("skipped_counts"))
     write_json(metrics, args.out)
     logging.info("world metrics: one-hop %.3f, two-hop held-out subjects %s", metrics["onehop_accuracy"],
                  metrics["twohop_accuracy"]["heldout_subjects"])
@@ -177,20 +188,30 @@ def cmd_answer(args: argparse.Namespace) -> None:
     from knrecall.config import AnswerParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
+    from knrecall.skips import counts as skip_counts
+    from knrecall.skips import metadata as skip_metadata
+    from knrecall.skips import table as skip_table
 
     payload = rule_payload(args.params, "answer", ("answer", "prompts", "model", "seed"))
     answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
     set_threads(args.threads)
     items = read_items(args.items)
-    spec, model, tokenizer = load_rule_model(payload, args)
-    table = predictions_table(items, payload["prompts"], list(answer.conditions), model, tokenizer,
-                              answer.max_new_tokens, args.batch_size, args.device,
-                              cot_max_new_tokens=answer.cot_max_new_tokens, seed=payload["seed"],
-                              few_shot_k=answer.few_shot_exemplars)
-    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
-                                      "dtype": spec.dtype}, device=args.device)
+    spec, model, tokenizer, wrap = load_rule_model(payload, args)
+    skipped: list = []
+    try:
+        table = predictions_table(items, payload["prompts"], list(answer.conditions), model, tokenizer,
+                                  answer.max_new_tokens, args.batch_size, args.device,
+                                  cot_max_new_tokens=answer.cot_max_new_tokens, seed=payload["seed"],
+                                  few_shot_k=answer.few_shot_exemplars, wrap=wrap, skipped=skipped)
+    except KnrecallError as exc:
+        raise KnrecallError(f"model '{args.model_name or spec.path}': {exc}") from None
+    meta = provenance(payload, model=model_meta(args, spec, payload), device=args.device,
+                      conditions=list(answer.conditions), **skip_metadata(skipped))
+    if args.skipped:
+        write_parquet(skip_table(skipped), args.skipped, meta)
     write_parquet(table, args.out, meta)
-    logging.info("answered %d prompts -> %s", table.num_rows, args.out)
+    logging.info("answered %d prompts -> %s; skipped %d (%s)", table.num_rows, args.out, len(skipped),
+                 skip_counts(skipped)["by_reason"] or "none")
 
 
 # --------------------------------------------------------------------------------------------------- attribute
@@ -199,6 +220,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     from knrecall.config import AttributionParams, parse_params
     from knrecall.data.items import read_items
     from knrecall.io import provenance, write_parquet
+    from knrecall.skips import metadata as skip_metadata
 
     payload = rule_payload(args.params, "attribute", ("attribution", "prompts", "model"))
     params = parse_params(payload["attribution"], "--params (attribution)", AttributionParams)
@@ -206,12 +228,13 @@ def cmd_attribute(args: argparse.Namespace) -> None:
         raise KnrecallError(f"--shard {args.shard} is outside 0..{params.shards - 1} (attribution.shards = {params.shards})")
     set_threads(args.threads)
     items = read_items(args.items)
-    spec, model, tokenizer = load_rule_model(payload, args)
+    spec, model, tokenizer, wrap = load_rule_model(payload, args)
     settings = AttributionSettings(params.steps, params.rule, params.target, params.store_threshold, params.full_maps)
+    skipped: list = []
     neurons, layers = attribute_shard(items, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
-                                      args.max_rows)
-    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
-                                      "dtype": spec.dtype}, shard=args.shard, shards=params.shards, device=args.device)
+                                      args.max_rows, wrap=wrap, skipped=skipped)
+    meta = provenance(payload, model=model_meta(args, spec, payload), shard=args.shard, shards=params.shards,
+                      device=args.device, **skip_metadata(skipped))
     write_parquet(layers, args.layers_out, meta)
     write_parquet(neurons, args.out, meta)
     logging.info("attributed %d prompts -> %s", layers.num_rows // max(1, len(set(layers["layer"].to_pylist()))), args.out)
@@ -223,7 +246,8 @@ def cmd_select_kns(args: argparse.Namespace) -> None:
     from knrecall.attribution.kns import Selection, select_kns
     from knrecall.attribution.summary import attribution_summary
     from knrecall.config import AttributionParams, KnsParams, parse_params
-    from knrecall.io import provenance, read_parquet, write_json, write_parquet
+    from knrecall.io import provenance, read_metadata, read_parquet, write_json, write_parquet
+    from knrecall.skips import merge_counts
 
     payload = rule_payload(args.params, "select-kns", ("attribution", "kns"))
     store = parse_params(payload["attribution"], "--params (attribution)", AttributionParams).store_threshold
@@ -237,6 +261,7 @@ def cmd_select_kns(args: argparse.Namespace) -> None:
                           tuple(params.adaptive_band))
     kns, info = select_kns(neurons, prompts, selection, store)
     summary = attribution_summary(layers, kns, info, args.model_name)
+    summary["skipped"] = merge_counts(*(read_metadata(path).get("skipped_counts") for path in args.layers))
     write_parquet(kns.to_arrow(), args.out, provenance(payload, thresholds=info,
                                                         model={"name": args.model_name}))
     write_json(summary, args.summary)
@@ -313,6 +338,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     from knrecall.data.items import read_items
     from knrecall.io import provenance, read_parquet, write_parquet
     from knrecall.recall.measure import measure
+    from knrecall.skips import metadata as skip_metadata
 
     payload = rule_payload(args.params, "measure", ("recall", "prompts", "model", "seed"))
     params = parse_params(payload["recall"], "--params (recall)", RecallParams)
@@ -320,12 +346,12 @@ def cmd_measure(args: argparse.Namespace) -> None:
     items = read_items(args.items)
     predictions = pl.from_arrow(read_parquet(args.predictions))
     kns = pl.from_arrow(read_parquet(args.kns))
-    spec, model, tokenizer = load_rule_model(payload, args)
+    spec, model, tokenizer, wrap = load_rule_model(payload, args)
+    skipped: list = []
     baselines, activations, steps, profile = measure(items, predictions, kns, model, tokenizer, payload["prompts"],
                                                      params.null_per_fact, payload["seed"], args.batch_size,
-                                                     params.profile_items)
-    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
-                                      "dtype": spec.dtype}, device=args.device)
+                                                     params.profile_items, wrap=wrap, skipped=skipped)
+    meta = provenance(payload, model=model_meta(args, spec, payload), device=args.device, **skip_metadata(skipped))
     write_parquet(baselines.to_arrow(), args.baselines, meta)
     write_parquet(steps.to_arrow(), args.steps, meta)
     write_parquet(profile.to_arrow(), args.profile, meta)
@@ -340,8 +366,9 @@ def cmd_recall(args: argparse.Namespace) -> None:
     from knrecall.config import RecallParams, parse_params
     from knrecall.data.facts import facts_of
     from knrecall.data.items import read_items
-    from knrecall.io import provenance, read_parquet, write_json, write_parquet
+    from knrecall.io import provenance, read_metadata, read_parquet, write_json, write_parquet
     from knrecall.recall.analysis import analyse
+    from knrecall.skips import counts as skip_counts
 
     payload = rule_payload(args.params, "recall", ("recall", "seed"))
     params = parse_params(payload["recall"], "--params (recall)", RecallParams)
@@ -353,9 +380,15 @@ def cmd_recall(args: argparse.Namespace) -> None:
     link_table = pl.DataFrame([(c, h, f, len(sets.get(f, []))) for c, h, f in links],
                               schema={"case_id": pl.String, "hop": pl.Int8, "fact_id": pl.String, "n_kns": pl.Int64},
                               orient="row")
+    answered, measured = read_metadata(args.predictions), read_metadata(args.activations)
+    skipped = {"answer": answered.get("skipped_counts") or skip_counts([]),
+               "measure": measured.get("skipped_counts") or skip_counts([])}
+    exclude = {(s["case_id"], s["condition"]) for s in measured.get("skipped") or []
+               if s.get("kind") == "two_hop" and s.get("condition")}
     table, metrics, scores, null_scores = analyse(items, predictions, pl.from_arrow(read_parquet(args.baselines)),
                                                   pl.from_arrow(read_parquet(args.activations)), link_table,
-                                                  params.model_dump(mode="json"), payload["seed"])
+                                                  params.model_dump(mode="json"), payload["seed"], skipped=skipped,
+                                                  conditions=answered.get("conditions"), exclude=exclude)
     meta = provenance(payload, model={"name": args.model_name})
     write_parquet(scores.to_arrow(), args.scores, meta)
     write_parquet(null_scores.to_arrow(), args.null_scores, meta)
@@ -373,6 +406,7 @@ def cmd_causal(args: argparse.Namespace) -> None:
     from knrecall.data.items import read_items
     from knrecall.interventions.causal import causal_effects
     from knrecall.io import provenance, read_parquet, write_parquet
+    from knrecall.skips import metadata as skip_metadata
 
     payload = rule_payload(args.params, "causal", ("interventions", "model", "seed"))
     params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
@@ -380,20 +414,21 @@ def cmd_causal(args: argparse.Namespace) -> None:
     items = read_items(args.items)
     predictions = pl.from_arrow(read_parquet(args.predictions))
     refined = refined_sets(pl.from_arrow(read_parquet(args.kns)))
-    spec, model, tokenizer = load_rule_model(payload, args)
+    spec, model, tokenizer, _ = load_rule_model(payload, args)  # the predictions hold the model's own prompts
     table, skipped = causal_effects(items, predictions, refined, model, tokenizer, params.suppress_factor,
                                     params.causal_random_seeds, args.model_name, args.batch_size)
-    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
-                                      "dtype": spec.dtype}, device=args.device, skipped=skipped)
+    meta = provenance(payload, model=model_meta(args, spec, payload), device=args.device, **skip_metadata(skipped))
     write_parquet(table.to_arrow(), args.out, meta)
-    logging.info("causal effects: %d rows -> %s (skipped: %s)", table.height, args.out, skipped or "none")
+    logging.info("causal effects: %d rows -> %s (skipped: %s)", table.height, args.out,
+                 skip_metadata(skipped)["skipped_counts"]["by_reason"] or "none")
 
 
 def cmd_scoreboard(args: argparse.Namespace) -> None:
     import polars as pl
 
     from knrecall.config import RecallParams, parse_params
-    from knrecall.io import read_parquet, write_json
+    from knrecall.io import read_metadata, read_parquet, write_json
+    from knrecall.skips import counts as skip_counts
     from knrecall.validation.scoreboard import scoreboard
 
     payload = rule_payload(args.params, "scoreboard", ("recall", "seed"))
@@ -404,6 +439,7 @@ def cmd_scoreboard(args: argparse.Namespace) -> None:
     board = scoreboard(frames["items"], frames["predictions"], frames["scores"], frames["null_scores"],
                        frames["causal"], {"variant": params.delta, "position": params.position},
                        params.bootstrap_resamples, payload["seed"])
+    board["skipped"] = read_metadata(args.causal).get("skipped_counts") or skip_counts([])
     write_json({"model": args.model_name, "scoreboard": board}, args.out)
     logging.info("scoreboard: %d rows; the rule chooses %s -> %s", len(board["rows"]), board["rule"]["chosen"],
                  args.out)
@@ -417,6 +453,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     from knrecall.data.items import read_items
     from knrecall.interventions.run import Settings, run_shard
     from knrecall.io import provenance, read_parquet, write_parquet
+    from knrecall.skips import metadata as skip_metadata
 
     payload = rule_payload(args.params, "intervene", ("interventions", "answer", "prompts", "model", "seed"))
     params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
@@ -427,14 +464,15 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     items = read_items(args.items)
     refined = refined_sets(pl.from_arrow(read_parquet(args.kns)))
-    spec, model, tokenizer = load_rule_model(payload, args)
+    spec, model, tokenizer, wrap = load_rule_model(payload, args)
     settings = Settings(tuple(params.conditions), params.enhance_factor, params.suppress_factor, params.random_seeds,
                         params.position_policy, answer.max_new_tokens, answer.cot_max_new_tokens,
                         answer.few_shot_exemplars, payload["seed"], params.max_items)
+    skipped: list = []
     table = run_shard(items, refined, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
-                      args.batch_size, args.model_name)
-    meta = provenance(payload, model={"name": args.model_name, "path": spec.path, "revision": spec.revision,
-                                      "dtype": spec.dtype}, shard=args.shard, shards=params.shards, device=args.device)
+                      args.batch_size, args.model_name, wrap=wrap, skipped=skipped)
+    meta = provenance(payload, model=model_meta(args, spec, payload), shard=args.shard, shards=params.shards,
+                      device=args.device, **skip_metadata(skipped))
     write_parquet(table, args.out, meta)
     logging.info("intervened: %d rows -> %s", table.num_rows, args.out)
 
@@ -444,13 +482,15 @@ def cmd_intervention_summary(args: argparse.Namespace) -> None:
 
     from knrecall.config import RecallParams, parse_params
     from knrecall.interventions.analysis import analyse_interventions
-    from knrecall.io import read_parquet, write_json
+    from knrecall.io import read_metadata, read_parquet, write_json
+    from knrecall.skips import merge_counts
 
     payload = rule_payload(args.params, "intervention-summary", ("recall", "seed"))
     params = parse_params(payload["recall"], "--params (recall)", RecallParams)
     rows = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.shards])
     n_items = pl.from_arrow(read_parquet(args.items)).height
-    metrics = analyse_interventions(rows, n_items, params.bootstrap_resamples, payload["seed"])
+    skipped = merge_counts(*(read_metadata(path).get("skipped_counts") for path in args.shards))
+    metrics = analyse_interventions(rows, n_items, params.bootstrap_resamples, payload["seed"], skipped=skipped)
     write_json({"model": args.model_name, **metrics}, args.out)
     logging.info("intervention summary of %d rows -> %s", rows.height, args.out)
 
@@ -670,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (runtime knob)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (runtime knob)")
     p.add_argument("--out", required=True, help="predictions.parquet")
+    p.add_argument("--skipped", help="the skipped table (Parquet): one row per prompt left out, with the reason")
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("attribute", help="per-layer IG of every single-hop prompt of one shard's facts")

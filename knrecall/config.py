@@ -96,6 +96,10 @@ class ModelParams(Strict):
     trust_remote_code: bool = Field(False, description="Allow the checkpoint's own Python code (off unless you trust it).")
     allow_pickle: bool = Field(False, description="Allow pickled weights (pytorch_model.bin, *.pt) when there are no "
                                "safetensors; unpickling can run code, so off unless you trust the files.")
+    chat_template: bool = Field(
+        False, description="Instruction-tuned models: wrap every question prompt in the tokenizer's own chat template "
+        "(one user turn; the answer follows the assistant turn), in every phase; the wrapped prompt is stored in the "
+        "predictions. A tokenizer without a chat template is an error naming the model.")
 
 
 Condition = Literal["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"]

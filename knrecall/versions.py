@@ -5,7 +5,7 @@ IMPLEMENTATION = {
     "world": 4,
     "train": 2,
     "items": 1,
-    "answer": 2,
+    "answer": 3,
     "metrics": 2,
     "attribution": 1,
     "kns": 1,

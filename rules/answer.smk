@@ -6,7 +6,8 @@ rule answer:
         item_table=f"{RESULTS}/items.parquet",
         model=model_inputs,
     output:
-        f"{RESULTS}/predictions/{{model}}.parquet",
+        predictions=f"{RESULTS}/predictions/{{model}}.parquet",
+        skipped=f"{RESULTS}/predictions/{{model}}.skipped.parquet",
     log:
         f"{LOGS}/answer_{{model}}.log",
     conda:
@@ -20,7 +21,7 @@ rule answer:
             {
                 "answer": PARAMS.answer.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
-                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "model": model_block(wc.model),
                 "seed": PARAMS.seed,
             }
         ),
@@ -30,4 +31,4 @@ rule answer:
         "python -m knrecall answer --items {input.item_table} --params {params.spec:q}"
         " --model-path {params.model_path:q} --model-name {wildcards.model}"
         " --batch-size {resources.batch_size} --device {resources.device} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.predictions} --skipped {output.skipped} > {log} 2>&1"

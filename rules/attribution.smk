@@ -22,7 +22,7 @@ rule attribute:
             {
                 "attribution": PARAMS.attribution.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
-                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "model": model_block(wc.model),
             }
         ),
         model_path=model_path,

@@ -44,6 +44,15 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def model_block(name):
+    """A model's params.yaml entry as the rules pass it. `chat_template` only when on, so that runs made before the
+    key existed keep their parameters (and Snakemake does not rerun them)."""
+    block = PARAMS.models[name].model_dump(mode="json")
+    if not block.get("chat_template"):
+        block.pop("chat_template", None)
+    return block
+
+
 def world_model_outputs():
     return [f"{WORLD_MODEL_DIR}/{name}" for name in WORLD_MODEL_FILES]
 

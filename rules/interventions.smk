@@ -23,7 +23,7 @@ rule intervene:
                 "interventions": PARAMS.interventions.model_dump(mode="json", exclude={"causal_random_seeds"}),
                 "answer": PARAMS.answer.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
-                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "model": model_block(wc.model),
                 "seed": PARAMS.seed,
             }
         ),
@@ -97,7 +97,7 @@ rule causal_effects:
                     "suppress_factor": PARAMS.interventions.suppress_factor,
                     "causal_random_seeds": PARAMS.interventions.causal_random_seeds,
                 },
-                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "model": model_block(wc.model),
                 "seed": PARAMS.seed,
             }
         ),

@@ -28,7 +28,7 @@ rule measure:
                     "profile_items": PARAMS.recall.profile_items,
                 },
                 "prompts": PARAMS.prompts,
-                "model": PARAMS.models[wc.model].model_dump(mode="json"),
+                "model": model_block(wc.model),
                 "seed": PARAMS.seed,
             }
         ),

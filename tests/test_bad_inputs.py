@@ -1,5 +1,9 @@
 """Bad inputs, each through the command line as a user meets it: one line naming the cause, exit 2, no output file.
 
+Beside them, the per-item problems that do NOT stop a run (`knrecall.skips`): one warning line per skipped item
+naming it and the reason, the count in the output's metadata (and the answering phase's skipped table), exit 0 and
+every other item answered. A model whose every two-hop question is skipped still stops (the context case below).
+
 `python tests/test_bad_inputs.py` prints every case with the message it gives (for the documentation).
 """
 
@@ -49,9 +53,26 @@ def _items(tmp: Path, two_hop: str = GOOD["two_hop"]) -> Path:
     return path
 
 
-def _answer_params(model: str) -> str:
-    return json.dumps({"answer": {"conditions": ["direct"], "max_new_tokens": 2},
-                       "prompts": {"direct": "Q: {question} A:"}, "model": {"path": model}, "seed": 0})
+def _answer_params(model: str, conditions=("direct",), **model_keys) -> str:
+    return json.dumps({"answer": {"conditions": list(conditions), "max_new_tokens": 2},
+                       "prompts": {"direct": "Q: {question} A:", "conflict_hop2": "Context: {context} Q: {question} A:"},
+                       "model": {"path": model, **model_keys}, "seed": 0})
+
+
+def _two_items(tmp: Path, **second) -> Path:
+    """Items c1 (good) and c2 (GOOD with the `second` changes)."""
+    from knrecall.data.items import Item, write_items
+
+    path = tmp / "items.parquet"
+    fields = {"two_hop": GOOD["two_hop"], "fact1_query": ["What is X?"], "fact1_ans": "Y",
+              "fact2_query": ["Where is Y?"], "fact2_ans": "Z"}
+    write_items([Item("c1", "tfrkn", **fields), Item("c2", "tfrkn", **{**fields, **second})], path)
+    return path
+
+
+def _attribute_params() -> str:
+    return json.dumps({"attribution": {"steps": 2, "shards": 1}, "prompts": {"direct": "Q: {question} A:"},
+                       "model": {"path": "unused"}})
 
 
 def _params_file(tmp: Path, text: str) -> Path:
@@ -97,6 +118,33 @@ CASES = {
         "--params for answer: not valid JSON"),
     "dataset file missing": lambda t: (["data", "import", "--input", str(t / "nope.json"), "--out",
                                         str(t / "out.parquet")], t / "out.parquet", "nope.json: file not found"),
+    "chat template on, tokenizer without one": lambda t: (
+        ["answer", "--items", str(_items(t)), "--params", _answer_params(str(_tiny(t / "m")), chat_template=True),
+         "--model-name", "tiny-chat", "--out", str(t / "p.parquet")], t / "p.parquet",
+        "model 'tiny-chat': chat_template is on, but its tokenizer has no chat template"),
+}
+
+# name -> builder(tmp) returning (argv, output path, skipped table or None, [(case, reason)] expected per log line)
+SKIP_CASES = {
+    "an answer that cannot be tokenized": lambda t: (
+        ["answer", "--items", str(_two_items(t, fact2_ans="W")), "--params", _answer_params(str(_tiny(t / "m"))),
+         "--out", str(t / "p.parquet"), "--skipped", str(t / "s.parquet")], t / "p.parquet", t / "s.parquet",
+        [("item 'c2' hop2 paraphrase 0", "answer_tokens"), ("item 'c2' under direct", "answer_tokens")]),
+    "a prompt longer than the model's context": lambda t: (
+        ["answer", "--items", str(_two_items(t, two_hop="What is X ? " * 20)), "--params",
+         _answer_params(str(_tiny(t / "m"))), "--out", str(t / "p.parquet"), "--skipped", str(t / "s.parquet")],
+        t / "p.parquet", t / "s.parquet", [("item 'c2' under direct", "prompt_too_long")]),
+    "no conflict candidate": lambda t: (
+        ["answer", "--items", str(_two_items(t)), "--params",
+         _answer_params(str(_tiny(t / "m")), ("direct", "conflict_hop2")), "--out", str(t / "p.parquet"),
+         "--skipped", str(t / "s.parquet")], t / "p.parquet", t / "s.parquet",
+        [("item 'c1' under conflict_hop2", "no_conflict_candidate"),
+         ("item 'c2' under conflict_hop2", "no_conflict_candidate")]),
+    "attribution: an answer that cannot be tokenized": lambda t: (
+        ["attribute", "--items", str(_two_items(t, fact2_query=["Where is X?"], fact2_ans="W")), "--params",
+         _attribute_params(), "--model-path", str(_tiny(t / "m")), "--out", str(t / "a.parquet"),
+         "--layers-out", str(t / "a.layers.parquet")], t / "a.parquet", None,
+        [("fact ", "answer_tokens")]),
 }
 
 
@@ -126,6 +174,32 @@ def test_the_matrix_covers_at_least_twelve_cases():
     assert len(CASES) >= 12
 
 
+@pytest.mark.parametrize("case", list(SKIP_CASES))
+def test_a_per_item_problem_is_skipped_counted_and_the_run_continues(case, tmp_path):
+    import polars as pl
+
+    from knrecall.io import read_metadata
+
+    argv, output, skipped_table, expected = SKIP_CASES[case](tmp_path)
+    result = _run(argv)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "knrecall: error" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if " WARNING skipped " in line]
+    assert len(lines) == len(expected), result.stderr  # one line per skipped prompt
+    for line, (what, reason) in zip(lines, expected):
+        assert " WARNING skipped " in line and what in line and f": {reason}: " in line, line
+    counts = read_metadata(output)["skipped_counts"]
+    assert counts["n_skipped"] == len(expected)
+    assert counts["by_reason"] == {r: sum(x == r for _, x in expected) for _, r in expected}
+    if skipped_table is not None:
+        table = pl.read_parquet(skipped_table)
+        assert table["reason"].to_list() == [r for _, r in expected] and set(table["phase"]) == {"answer"}
+        predictions = pl.read_parquet(output)
+        assert "c1" in predictions.filter(pl.col("kind") == "two_hop")["case_id"].to_list()  # the others go on
+    else:
+        assert pl.read_parquet(output.with_suffix(".layers.parquet")).height > 0
+
+
 if __name__ == "__main__":
     import tempfile
 
@@ -133,3 +207,8 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             result = _run(build(Path(tmp))[0])
             print(f"- {name}: exit {result.returncode}: `{result.stderr.strip()}`")
+    for name, build in SKIP_CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _run(build(Path(tmp))[0])
+            lines = [line.split(" WARNING ", 1)[1] for line in result.stderr.splitlines() if " WARNING skipped " in line]
+            print(f"- {name} (skipped, exit {result.returncode}): " + "; ".join(f"`{line}`" for line in lines))

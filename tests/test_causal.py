@@ -37,7 +37,7 @@ def setting():
 
 def test_one_row_per_item_condition_and_hop(setting):
     items, _, _, table, skipped = setting
-    assert table.height == len(items) * 2 * 2 and skipped == {}
+    assert table.height == len(items) * 2 * 2 and skipped == []
     assert set(table["hop"]) == {1, 2} and (table["n_kns"] == 3).all() and (table["n_random"] == 2).all()
     assert (table["effect_kn"] - (table["gold_prob_kn"] - table["gold_prob_base"])).abs().max() < 1e-6
     # breaks is defined exactly where the gold was top-1 at base

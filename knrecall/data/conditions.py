@@ -19,10 +19,14 @@ chain question is one of the item's hop questions); it prefers exemplars with th
 `render` refuses an exemplar that is the item or shares its two-hop question.
 
 Conflict. The counterfactual passage (`{context}`) contradicts one hop with another entity of the same type:
-hop 1 replaces o1 (the bridge), hop 2 replaces o2 (the answer). Same type = an object of the same relation in the
-dataset (`candidates_by_relation`); the fake is never the true entity or one of its aliases (case-insensitive).
-The passage is the hop's first single-hop question followed by the fake answer — "{fact1_query[0]} {fake}." or
-"{fact2_query[0]} {fake}." — the same Q/A surface the world model is trained on.
+hop 1 replaces o1 (the bridge), hop 2 replaces o2 (the answer). The fake comes first from the record's OWN
+counterfactual when it has one (`counterfactual_entities`: MQuAKE's `new_single_hops` / `requested_rewrite` /
+`new_answer`, kept by the importer in `extra["counterfactual"]`; source `rewrite`), else from another object of
+the same relation in the dataset (`candidates_by_relation`; source `same_relation`). The fake is never the true
+entity or one of its aliases (case-insensitive). `conflict_choice` returns None when neither exists: the caller
+skips that item for that condition only (`knrecall.skips`). The passage is the hop's first single-hop question
+followed by the fake answer — "{fact1_query[0]} {fake}." or "{fact2_query[0]} {fake}." — the same Q/A surface the
+world model is trained on.
 
 All choices are deterministic: seeded by strings of (seed, case_id[, hop]) through `random.Random`, which hashes
 string seeds with SHA-512 (independent of PYTHONHASHSEED and of the pool's order).
@@ -215,15 +219,23 @@ def candidate_pool(item: Item, hop: int, by_relation: Mapping[tuple[str | None, 
     return list(by_relation.get((relation, hop), ()))
 
 
+def _truth(item: Item, hop: int) -> list[str]:
+    return [item.fact1_ans, *item.fact1_aliases] if hop == 1 else [item.fact2_ans, *item.answer_aliases]
+
+
+def _usable_fakes(item: Item, hop: int, candidates: Sequence[str]) -> list[str]:
+    banned = {_norm(t) for t in _truth(item, hop)}
+    return sorted({c for c in candidates if isinstance(c, str) and c.strip() and _norm(c) not in banned})
+
+
 def conflict_entity(item: Item, hop: int, candidates: Sequence[str], seed: int) -> str:
     """A fake o1 (hop 1) or o2 (hop 2) from `candidates`, deterministic by (seed, case_id, hop).
 
     Never the true entity nor one of its aliases (case-insensitive).
     """
     _check_hop(item, hop)
-    truth = [item.fact1_ans, *item.fact1_aliases] if hop == 1 else [item.fact2_ans, *item.answer_aliases]
-    banned = {_norm(t) for t in truth}
-    pool = sorted({c for c in candidates if c and c.strip() and _norm(c) not in banned})
+    truth = _truth(item, hop)
+    pool = _usable_fakes(item, hop, candidates)
     if not pool:
         raise KnrecallError(
             f"item '{item.case_id}': no conflict candidate for hop {hop} other than the true entity '{truth[0]}'"
@@ -231,6 +243,86 @@ def conflict_entity(item: Item, hop: int, candidates: Sequence[str], seed: int) 
             f" or drop conflict_hop{hop} from answer.conditions)"
         )
     return random.Random(f"conflict:{seed}:{item.case_id}:{hop}").choice(pool)
+
+
+def _entity_name(value) -> str | None:
+    """An entity as MQuAKE writes it: a string, or an object with its label under "str"."""
+    if isinstance(value, dict):
+        value = value.get("str")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def counterfactual_entities(item: Item) -> dict[int, tuple[str, str | None]]:
+    """The record's own counterfactual, per hop: hop -> (fake entity, the two-hop answer it implies or None).
+
+    Read from `item.extra["counterfactual"]` (MQuAKE's fields, which the importer keeps there; a TFRKN or JSON
+    Lines record may carry a `counterfactual` object of the same shape). Hop 1: the new chain's bridge
+    (`new_single_hops[0].answer`), else the `target_new` of a `requested_rewrite` whose `target_true` is o1; it
+    implies the new chain's answer (`new_single_hops[1].answer`, else `new_answer` when the rewrite is of hop 1).
+    Hop 2: the new chain's answer (`new_single_hops[1].answer`), else `new_answer`, else the `target_new` of a
+    rewrite whose `target_true` is o2 (an object of relation 2 either way: the passage then says o1 has it). A
+    candidate equal to the true entity or one of its aliases is not a counterfactual of that hop (a rewrite of
+    the other hop leaves it unchanged). Malformed or missing parts are ignored: no counterfactual for that hop.
+    """
+    cf = item.extra.get("counterfactual") if isinstance(item.extra, dict) else None
+    if not isinstance(cf, dict):
+        return {}
+    hops = cf.get("new_single_hops")
+    new = ([_entity_name(h.get("answer")) if isinstance(h, dict) else None for h in hops]
+           if isinstance(hops, list) and len(hops) == 2 else [None, None])
+    rewrites = [r for r in cf.get("requested_rewrite") or [] if isinstance(r, dict)] \
+        if isinstance(cf.get("requested_rewrite"), list) else []
+    new_answer = _entity_name(cf.get("new_answer"))
+
+    def rewritten(true: str) -> str | None:
+        for rewrite in rewrites:
+            if _norm(_entity_name(rewrite.get("target_true"))) == _norm(true):
+                return _entity_name(rewrite.get("target_new"))
+        return None
+
+    def first_fake(hop: int, candidates: list[str | None]) -> str | None:
+        banned = {_norm(t) for t in _truth(item, hop)}
+        return next((c for c in candidates if c is not None and _norm(c) not in banned), None)
+
+    out: dict[int, tuple[str, str | None]] = {}
+    by_rewrite = rewritten(item.fact1_ans)
+    bridge = first_fake(1, [new[0], by_rewrite])
+    if bridge is not None:
+        implied = new[1] if bridge == new[0] else (new_answer if bridge == by_rewrite else None)
+        out[1] = (bridge, implied)
+    answer = first_fake(2, [new[1], new_answer, rewritten(item.fact2_ans)])
+    if answer is not None:
+        out[2] = (answer, answer)
+    return out
+
+
+def conflict_choice(item: Item, hop: int, by_relation: Mapping[tuple[str | None, int], Sequence[str]],
+                    seed: int) -> tuple[str, str | None, str] | None:
+    """(fake, the answer the context implies when the record says so, source) for `conflict_hop{hop}`, or None
+    when there is no candidate (the caller skips the item for that condition only).
+
+    Source `rewrite`: the record's own counterfactual (`counterfactual_entities`); `same_relation`: another object
+    of the same relation in the dataset (`conflict_entity` over the item's pool), whose implied answer the caller
+    looks up in the dataset (hop 1) or is the fake itself (hop 2).
+    """
+    _check_hop(item, hop)
+    own = counterfactual_entities(item).get(hop)
+    if own is not None:
+        return own[0], own[1], "rewrite"
+    pool = candidate_pool(item, hop, by_relation)
+    if not _usable_fakes(item, hop, pool):
+        return None
+    fake = conflict_entity(item, hop, pool, seed)
+    return fake, (fake if hop == 2 else None), "same_relation"
+
+
+def no_candidate_reason(item: Item, hop: int) -> str:
+    """Why `conflict_choice` found nothing (the skip's detail)."""
+    relation = item.relation1 if hop == 1 else item.relation2
+    pool = (f"relation '{relation}' has no other object in the dataset" if relation is not None
+            else f"the dataset has no other hop-{hop} answer")
+    return (f"no conflict candidate for hop {hop} other than the true entity '{_truth(item, hop)[0]}': the record "
+            f"has no counterfactual rewrite of hop {hop}, and {pool}")
 
 
 def conflict_context(item: Item, hop: int, fake: str) -> str:

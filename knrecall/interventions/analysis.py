@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from knrecall.recall.bootstrap import bootstrap_ci, paired_difference_ci, paired_ratio_ci
+from knrecall.skips import condition_entry, counts
 
 
 def _round(value: float | None) -> float | None:
@@ -70,9 +71,16 @@ def _effect(changes: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
     }
 
 
-def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed: int) -> dict[str, Any]:
-    """The per-condition metrics of one model's intervention rows (the schema of `knrecall.interventions.run`)."""
+def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed: int,
+                          skipped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The per-condition metrics of one model's intervention rows (the schema of `knrecall.interventions.run`).
+    `skipped`: the shards' skip counts (`knrecall.skips.counts`, merged); each condition's `base` entry gets the
+    condition's `n_skipped` and `skipped` (reason -> count), and a condition every item was skipped under an entry
+    with only that."""
     out: dict[str, Any] = {}
+    for condition in (skipped or {}).get("by_condition", {}):
+        if condition not in rows["condition"].unique().to_list():
+            out[condition] = {"base": {"n_items": 0, **condition_entry(skipped, condition)}}
     for condition in rows["condition"].unique(maintain_order=True).to_list():
         here = rows.filter(pl.col("condition") == condition)
         base = _per_item(here.filter(pl.col("kind") == "base"))
@@ -81,6 +89,7 @@ def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed
             "accuracy_ci": _pair(bootstrap_ci(base["correct"], "mean", resamples, seed)) if base.height > 1 else None,
             "gold_prob": _round(base["gold_prob"].mean()),
             "n_items": base.height,
+            **condition_entry(skipped, condition),
         }}
         kn_rows = here.filter(pl.col("kind") == "kn")
         for name in kn_rows["intervention"].unique(maintain_order=True).to_list():
@@ -112,4 +121,4 @@ def analyse_interventions(rows: pl.DataFrame, n_items: int, resamples: int, seed
         out[condition] = entry
     intervened = rows.filter(pl.col("kind") == "base")["case_id"].n_unique()
     return {"n_items": n_items, "n_items_intervened": intervened, "policy": rows["policy"][0] if rows.height else None,
-            "conditions": out}
+            "conditions": out, "skipped": dict(skipped) if skipped else counts([])}

@@ -19,8 +19,10 @@ answer given the chain.
 Per row: `effect_kn` = gold_prob_kn − gold_prob_base (negative: suppressing the KNs lowers the answer),
 `effect_random` = the mean over seeds of gold_prob_random − gold_prob_base, `breaks` = the gold token was top-1 at
 base and is not under suppression (null when it was not top-1 at base), `breaks_random` the share of seeds that
-break it. An item whose hop has no KNs has null KN figures (n_kns 0). A context longer than the model's window is
-skipped with a logged reason and counted.
+break it. An item whose hop has no KNs has null KN figures (n_kns 0). An item without a prediction under a
+condition (skipped by the answering phase) has no rows there. A context longer than the model's window, or a gold
+answer that cannot be tokenized, is skipped (`knrecall.skips`: one log line, counted in the output's metadata and
+the scoreboard's `skipped`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from knrecall.interventions.generate import greedy_generate
 from knrecall.interventions.run import COT_ANSWER_CONTEXT, Intervention, answer_step, item_kn_sets, neurons_for
 from knrecall.models.adapters import adapter_for
 from knrecall.recall.steps import prompt_input_ids
+from knrecall.skips import Skip, record
 from knrecall.targets import answer_token_ids
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ CAUSAL_SCHEMA = {"case_id": pl.String, "condition": pl.String, "hop": pl.Int8, "
                  "breaks_random": pl.Float32}
 
 
-def _contexts(items: list[Item], predictions: pl.DataFrame, tokenizer, limit: int | None, skipped: dict):
+def _contexts(items: list[Item], predictions: pl.DataFrame, tokenizer, limit: int | None, skipped: list[Skip]):
     """(case_id, condition, context ids, gold token) per two-hop prediction row."""
     by_case = {item.case_id: item for item in items}
     out = []
@@ -67,13 +70,11 @@ def _contexts(items: list[Item], predictions: pl.DataFrame, tokenizer, limit: in
         try:
             gold = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if cot else row["prompt"], row["gold"])[0]
         except KnrecallError as exc:
-            log.warning("causal effects: skipped %s / %s: %s", row["case_id"], row["condition"], exc)
-            skipped["answer_tokens"] = skipped.get("answer_tokens", 0) + 1
+            record(skipped, Skip("causal", "answer_tokens", str(exc), row["case_id"], condition=row["condition"]))
             continue
         if limit and len(context) + 1 > limit:
-            log.warning("causal effects: skipped %s / %s: its answer context of %d tokens exceeds the model's "
-                        "window of %d", row["case_id"], row["condition"], len(context), limit)
-            skipped["context_too_long"] = skipped.get("context_too_long", 0) + 1
+            record(skipped, Skip("causal", "prompt_too_long", f"its answer context of {len(context)} tokens exceeds "
+                                 f"the model's context of {limit}", row["case_id"], condition=row["condition"]))
             continue
         out.append((row["case_id"], row["condition"], context, gold))
     return out
@@ -81,12 +82,12 @@ def _contexts(items: list[Item], predictions: pl.DataFrame, tokenizer, limit: in
 
 def causal_effects(items: list[Item], predictions: pl.DataFrame, refined: dict[str, list[Neuron]], model, tokenizer,
                    suppress_factor: float, random_seeds: int, model_name: str, batch_size: int = 64
-                   ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """(the per-item causal table, skipped counts by reason); see the module docstring."""
+                   ) -> tuple[pl.DataFrame, list[Skip]]:
+    """(the per-item causal table, the skipped contexts); see the module docstring."""
     adapter = adapter_for(model)
     width = adapter.width(model)
     kn_sets = item_kn_sets(items, refined)
-    skipped: dict[str, int] = {}
+    skipped: list[Skip] = []
     contexts = _contexts(items, predictions, tokenizer, getattr(model.config, "max_position_embeddings", None),
                          skipped)
     # runs: (context index, hop or None, kind, seed, neurons)

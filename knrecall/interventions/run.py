@@ -18,6 +18,12 @@ probability of the gold answer's first token at the step that produced the answe
 step without chain of thought; the step after "So the answer is" with it); for an empty span, at the last step.
 With `max_items`, a deterministic sample of the items (by seed) is intervened on. Items are assigned to shards
 by a hash of their case id, so the union of shards is the same for any shard count.
+
+Skip, count, continue (`knrecall.skips`): the prompts are planned as the answering phase plans them, so an item
+without a conflict candidate or few-shot exemplars is skipped under that condition the same way; an item whose
+gold answer cannot be tokenized, or whose prompt does not fit the model's context with the tokens to generate, is
+skipped too. Each skip is one log line, recorded in the shard's metadata and counted in the summary. `wrap` is the
+model's prompt wrapper (its chat template, `knrecall.models.chat`), as in the answering phase.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -33,6 +40,7 @@ from tqdm import tqdm
 from knrecall.answer import (
     COT_CONDITIONS,
     PlannedPrompt,
+    context_limit,
     extract_span,
     is_correct,
     plan_prompts,
@@ -45,6 +53,7 @@ from knrecall.interventions.controls import Neuron, as_layer_map, random_control
 from knrecall.interventions.generate import Generation, greedy_generate
 from knrecall.models.adapters import adapter_for
 from knrecall.recall.steps import prompt_input_ids
+from knrecall.skips import Skip, record
 from knrecall.targets import answer_token_ids
 
 log = logging.getLogger(__name__)
@@ -164,8 +173,10 @@ def answer_step(tokenizer, generated_ids: list[int], generation: str, span: str,
 
 
 def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokenizer, templates: dict[str, str],
-              settings: Settings, shard: int, shards: int, batch_size: int, model_name: str) -> pa.Table:
-    """Every (item of the shard, condition, intervention) row; see the module docstring."""
+              settings: Settings, shard: int, shards: int, batch_size: int, model_name: str, *,
+              wrap: Callable[[str], str] | None = None, skipped: list[Skip] | None = None) -> pa.Table:
+    """Every (item of the shard, condition, intervention) row; see the module docstring. Skipped items go to
+    `skipped`."""
     if shards < 1 or not 0 <= shard < shards:
         raise KnrecallError(f"interventions: shard {shard} is not in 0..{shards - 1}")
     adapter = adapter_for(model)
@@ -173,20 +184,36 @@ def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokeni
     kn_sets = item_kn_sets(items, refined)
     plan_all = interventions(settings)
     chosen_cases = {c for c in sampled_cases(items, settings.max_items, settings.seed) if shard_of_case(c, shards) == shard}
+    context = context_limit(model)
     rows: list[dict] = []
     drawn: dict[tuple[str, str, int | None], list[Neuron]] = {}  # the same neurons under every condition
     steps: dict[tuple, int] = {}  # answer steps of identical generations (many interventions change nothing)
     for condition in settings.conditions:
-        # prompts are planned over every item (few-shot exemplars and conflict entities come from all of them)
-        planned = [p for p in plan_prompts(items, templates, condition, settings.seed, settings.few_shot_k,
-                                           single_hop=False) if p.item.case_id in chosen_cases]
+        # this shard's items, planned against every item (few-shot exemplars and conflict entities come from all)
+        planned = plan_prompts(items, templates, condition, settings.seed, settings.few_shot_k, single_hop=False,
+                               wrap=wrap, skipped=skipped, phase="intervene", cases=chosen_cases)
         planned.sort(key=lambda p: len(p.query.prompt))
         cot = condition in COT_CONDITIONS
         limit = settings.cot_max_new_tokens if cot else settings.max_new_tokens
         stops = stop_token_ids(tokenizer, cot)
-        prompt_ids = {p.item.case_id: prompt_input_ids(tokenizer, p.query.prompt) for p in planned}
-        gold = {p.item.case_id: answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if cot else p.query.prompt,
-                                                 p.query.gold)[0] for p in planned}
+        prompt_ids, gold = {}, {}
+        kept = []
+        for p in planned:
+            case_id = p.item.case_id
+            try:
+                gold[case_id] = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if cot else p.query.prompt,
+                                                 p.query.gold)[0]
+            except KnrecallError as exc:
+                record(skipped, Skip("intervene", "answer_tokens", str(exc), case_id, condition=condition))
+                continue
+            prompt_ids[case_id] = prompt_input_ids(tokenizer, p.query.prompt)
+            if context and len(prompt_ids[case_id]) + limit > context:
+                record(skipped, Skip("intervene", "prompt_too_long", f"prompt {p.query.prompt[:80]!r} needs "
+                                     f"{len(prompt_ids[case_id]) + limit} positions with {limit} new tokens, more "
+                                     f"than the model's context of {context}", case_id, condition=condition))
+                continue
+            kept.append(p)
+        planned = kept
         log.info("shard %d/%d, %s: %d items x %d interventions", shard, shards, condition, len(planned), len(plan_all))
         # every (intervention, item) run of the condition, batched across interventions (row r scaled by its own
         # factor), prompts of similar length together; rows are written in (intervention, item) order

@@ -9,6 +9,11 @@ table (the null samples), for the validation scoreboard (`knrecall.validation`).
 
 Pathway-revealing world items (`shortcut_conflicting`: a conflicting shortcut was planted, so their gold answer has
 no single meaning) stay in the tables, flagged, but are left out of every summary figure here.
+
+Skipped items (`knrecall.skips`): an item the answering phase skipped under a condition has no prediction there,
+so it has no rows under that condition here (it is not "no KNs" nor "undecided": it was never asked); each
+condition's entry counts them (`n_skipped`, `skipped`: reason -> count), and the summary's `skipped` holds the
+answering and measuring phases' counts. A condition every item was skipped under keeps an entry with `n_items` 0.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from knrecall.recall.bootstrap import bootstrap_ci, category_share_cis, difference_ci
+from knrecall.skips import condition_entry
 from knrecall.recall.scores import (
     MODES,
     PAPER_READING,
@@ -49,20 +55,24 @@ def item_meta(items: pl.DataFrame) -> pl.DataFrame:
                                 "shortcut_conflicting": pl.Boolean})
 
 
-def all_scores(baselines: pl.DataFrame, activations: pl.DataFrame, links: pl.DataFrame, conditions: list[str]
-               ) -> tuple[pl.DataFrame, pl.DataFrame]:
+def all_scores(baselines: pl.DataFrame, activations: pl.DataFrame, links: pl.DataFrame, conditions: list[str],
+               answered: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(item scores, null scores), long over variant × position. Items: case_id, condition, hop, variant, position,
-    delta, n_kns, n_used, n_dropped, fact_id. Nulls: fact_id, case_id, condition, variant, position, delta, ..."""
+    delta, n_kns, n_used, n_dropped, fact_id. Nulls: fact_id, case_id, condition, variant, position, delta, ...
+    `answered` (case_id, condition): the pairs that have a prediction (default: every item under every condition)."""
     items_acts = activations.filter(pl.col("kind") == "item").drop("kind", "fact_id")
     item_baselines = links.join(baselines, on="fact_id").select("case_id", "hop", "layer", "neuron", "baseline")
     keys = links.select("case_id", "hop", "n_kns", "fact_id").join(
         pl.DataFrame({"condition": conditions}, schema={"condition": pl.String}), how="cross")
+    if answered is not None:
+        keys = keys.join(answered.select("case_id", "condition").unique(), on=["case_id", "condition"], how="semi")
     scores = kn_score_table(items_acts, item_baselines, keys, ["case_id", "condition", "hop"], ["case_id", "hop"],
                             POSITION_COLUMNS)
     nulls = activations.filter(pl.col("kind") == "null").drop("kind", "hop")
     fact_sets = links.select("fact_id", "n_kns").unique().filter(pl.col("n_kns") > 0)
-    null_keys = (nulls.select("fact_id", "case_id").unique().join(fact_sets, on="fact_id")
-                 .join(pl.DataFrame({"condition": conditions}, schema={"condition": pl.String}), how="cross"))
+    # the (fact, item, condition) triples measured: an item skipped under a condition is nobody's null there
+    null_keys = (nulls.select("fact_id", "case_id", "condition").unique().join(fact_sets, on="fact_id")
+                 .filter(pl.col("condition").is_in(conditions)))
     null_scores = kn_score_table(nulls, baselines, null_keys, ["fact_id", "case_id", "condition"], ["fact_id"],
                                  POSITION_COLUMNS)
     return scores, null_scores
@@ -77,11 +87,13 @@ def decide(scores: pl.DataFrame, null_scores: pl.DataFrame, correct: pl.DataFram
         if params["threshold"] == "null":
             nulls = null_scores.filter((pl.col("variant") == variant) & (pl.col("position") == position))
             thresholds = null_thresholds(nulls.rename({"delta": "delta_null"}), params["null_quantile"])
-            missing = here.select("fact_id").unique().join(thresholds.select("fact_id").unique(), on="fact_id",
-                                                          how="anti")
-            thresholds = pl.concat([thresholds, missing.join(pl.DataFrame({"condition": conditions}), how="cross")
-                                    .with_columns(pl.lit(None, pl.Float64).alias("threshold"),
-                                                  pl.lit(0, pl.UInt32).alias("n_null"))], how="diagonal_relaxed")
+            # a (fact, condition) without any null sample (every other item skipped there, or none exists): no
+            # threshold, so its decisions are undecided
+            missing = here.select("fact_id", "condition").unique().join(
+                thresholds.select("fact_id", "condition").unique(), on=["fact_id", "condition"], how="anti")
+            thresholds = pl.concat([thresholds, missing.with_columns(pl.lit(None, pl.Float64).alias("threshold"),
+                                                                     pl.lit(0, pl.UInt32).alias("n_null"))],
+                                   how="diagonal_relaxed")
             decisions = recall_decisions(here, thresholds=thresholds.select("fact_id", "condition", "threshold"))
         else:
             decisions = recall_decisions(here, fixed_tau=params["tau"])
@@ -123,15 +135,24 @@ def _condition_entry(table: pl.DataFrame, condition: str, resamples: int, seed: 
 
 
 def analyse(items: pl.DataFrame, predictions: pl.DataFrame, baselines: pl.DataFrame, activations: pl.DataFrame,
-            links: pl.DataFrame, params: dict[str, Any], seed: int
+            links: pl.DataFrame, params: dict[str, Any], seed: int, *, skipped: dict[str, Any] | None = None,
+            conditions: list[str] | None = None, exclude: set[tuple[str, str]] | None = None
             ) -> tuple[pl.DataFrame, dict[str, Any], pl.DataFrame, pl.DataFrame]:
     """(recall table of the configured measurement, summary, all-variant scores, null scores).
-    `links`: case_id, hop, fact_id, n_kns for every item and hop (n_kns 0 when the fact has no refined KNs)."""
+    `links`: case_id, hop, fact_id, n_kns for every item and hop (n_kns 0 when the fact has no refined KNs).
+    `skipped`: the phases' skip counts (`knrecall.skips.counts`) by phase ("answer", "measure"); `conditions`: the
+    conditions asked (default: those answered); `exclude`: (case_id, condition) pairs the measuring phase skipped."""
     resamples = params["bootstrap_resamples"]
     chosen = (params["delta"], params.get("position", "step"))
     two_hop = predictions.filter(pl.col("kind") == "two_hop")
-    conditions = two_hop["condition"].unique(maintain_order=True).to_list()
-    scores, null_scores = all_scores(baselines, activations, links, conditions)
+    if exclude:
+        gone = pl.DataFrame(sorted(exclude), schema={"case_id": pl.String, "condition": pl.String}, orient="row")
+        two_hop = two_hop.join(gone, on=["case_id", "condition"], how="anti")
+    answered_conditions = two_hop["condition"].unique(maintain_order=True).to_list()
+    asked = list(dict.fromkeys([*(conditions or []), *answered_conditions]))
+    conditions = answered_conditions
+    scores, null_scores = all_scores(baselines, activations, links, conditions,
+                                     answered=two_hop.select("case_id", "condition"))
     correct = two_hop.select("case_id", "condition", "correct")
     meta = item_meta(items)
     decided = decide(scores, null_scores, correct, params, conditions).join(meta, on="case_id", how="left")
@@ -143,14 +164,21 @@ def analyse(items: pl.DataFrame, predictions: pl.DataFrame, baselines: pl.DataFr
     table = decided.filter((pl.col("variant") == chosen[0]) & (pl.col("position") == chosen[1])).drop(
         "variant", "position")
     chosen_rows, paper_rows = measurement(*chosen), measurement(*PAPER_READING)
+    answer_skips = (skipped or {}).get("answer")
+    entries: dict[str, Any] = {}
+    for c in asked:
+        entry = (_condition_entry(chosen_rows, c, resamples, seed) if c in conditions
+                 else {"n_items": 0, "n_no_kns": 0, "n_undecided": 0})
+        entries[c] = {**entry, **condition_entry(answer_skips, c)}
     metrics: dict[str, Any] = {"measurement": {"variant": chosen[0], "position": chosen[1]},
-                               "conditions": {c: _condition_entry(chosen_rows, c, resamples, seed) for c in conditions},
+                               "conditions": entries,
                                "paper_reading": {"variant": PAPER_READING[0], "position": PAPER_READING[1],
                                                  "conditions": {}}}
     for condition in conditions:
         entry = _condition_entry(paper_rows, condition, resamples, seed)
         metrics["paper_reading"]["conditions"][condition] = {k: entry[k] for k in (
             "MH", "MH_ci", "SC", "SC_ci", "delta1_mean", "delta1_mean_ci", "delta2_mean", "delta2_mean_ci")}
+    metrics["skipped"] = {phase: block for phase, block in (skipped or {}).items()}
     metrics["n_pathway_items_excluded"] = int(meta["shortcut_conflicting"].fill_null(False).sum())
     cats = chosen_rows.unique(["case_id", "condition"]).select("case_id", "condition", "category")
     metrics["validation"] = validation(chosen_rows, cats, meta, resamples, seed)

@@ -15,6 +15,13 @@
 - The per-position profile (`profile`): for a deterministic sample of `profile_items` items, every prompt
   position × layer group, Δ by projection (Σ a_i b_i / Σ b_i² over the group's KNs) of each hop's KNs, and, as its
   null, the same for the KNs of another fact of the same hop that the item does not involve, on the same prompt.
+
+Items without a two-hop prediction under a condition (skipped by the answering phase) have no activations there
+and serve as nobody's null there. A baseline prompt that cannot be teacher-forced (answer tokens, too long for the
+context) is skipped (`knrecall.skips`) and the baseline is the mean over the fact's other prompts (a fact with KNs always
+has one: attribution skipped the same prompts by the same rule). A two-hop sequence longer than the model's
+context is skipped too. `wrap` is the model's prompt wrapper (its chat template), applied to the single-hop prompts
+as everywhere else; the two-hop prompts come from the predictions, already wrapped.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import functools
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -42,7 +50,8 @@ from knrecall.recall.steps import (
     prompt_input_ids,
     subject_last_position,
 )
-from knrecall.targets import teacher_forced_contexts
+from knrecall.attribution.run import usable_prompts
+from knrecall.skips import Skip, record
 
 log = logging.getLogger(__name__)
 COT_CONDITIONS = ("zero_shot_cot", "few_shot_cot")
@@ -57,8 +66,10 @@ def _variants(tokenizer, entity: str, aliases) -> list[list[int]]:
 
 def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, model, tokenizer,
             templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16,
-            profile_items: int = 0):
+            profile_items: int = 0, *, wrap: Callable[[str], str] | None = None, skipped: list[Skip] | None = None):
     """(baselines, activations, steps, profile) tables; see the README for their columns."""
+    wrap = wrap or (lambda prompt: prompt)
+    limit = getattr(model.config, "max_position_embeddings", None)
     adapter = adapter_for(model)
     facts, links = facts_of(items)
     sets = refined_sets(kns)
@@ -71,9 +82,15 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
 
     # baselines: mean over each fact's paraphrase prompts at the predicting position (every fact's prompts in one
     # batched pass)
-    measured = [(fid, fact) for fid, fact in facts.items() if fid in sets]
-    prompts = [[teacher_forced_contexts(tokenizer, single_hop_prompt(q, templates), fact.answer)[0] for q in fact.questions]
-               for _, fact in measured]
+    measured, prompts = [], []
+    for fid, fact in facts.items():
+        if fid not in sets:
+            continue
+        usable = usable_prompts(tokenizer, [wrap(single_hop_prompt(q, templates)) for q in fact.questions],
+                                fact.answer, limit, fid, skipped, "measure")
+        if usable:
+            measured.append((fid, fact))
+            prompts.append([pair[0] for _, _, pair in usable])
     flat = [p for group in prompts for p in group]
     vectors = iter(activations_at(model, adapter, flat, [[len(p) - 1] for p in flat], neurons=selection or None,
                                   batch_size=batch_size))
@@ -91,6 +108,11 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
     for row in two_hop.iter_rows(named=True):
         item = by_case[row["case_id"]]
         prompt_ids = prompt_input_ids(tokenizer, row["prompt"])
+        if limit and len(prompt_ids) + len(row["generated_ids"]) > limit:
+            record(skipped, Skip("measure", "prompt_too_long", f"prompt and generation of {len(prompt_ids)} + "
+                                 f"{len(row['generated_ids'])} tokens, more than the model's context of {limit}",
+                                 item.case_id, condition=row["condition"]))
+            continue
         steps = find_reasoning_steps(prompt_ids, row["generated_ids"],
                                      variants(item.fact1_ans, tuple(item.fact1_aliases)),
                                      variants(item.fact2_ans, tuple(item.answer_aliases)),
@@ -121,8 +143,9 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
     role = {fid: Counter(h for _, h, f in links if f == fid).most_common(1)[0][0] for fid in sets}
     pairs = null_pairs(item_facts.filter(pl.col("fact_id").is_in(list(sets))), rng_seed=seed, max_per_fact=null_per_fact)
     conditions = two_hop["condition"].unique(maintain_order=True).to_list()
-    for fid, case_id in pairs.iter_rows():
-        blocks += [("null", fid, case_id, condition, role[fid]) for condition in conditions]
+    for fid, case_id in pairs.iter_rows():  # only where that item was answered (and measured)
+        blocks += [("null", fid, case_id, condition, role[fid]) for condition in conditions
+                   if (case_id, condition) in sequence_of]
     activations = _block_rows(blocks, sets, column, measured_at, sequence_of)
     log.info("measured %d baselines, %d activations", len(baseline_rows), activations.height)
     baselines = pl.DataFrame(baseline_rows, schema=BASELINES_SCHEMA)

@@ -3,7 +3,9 @@
 Inputs are the workflow's own outputs (nothing is recomputed from the model): the items, each model's predictions,
 attribution layer summaries, KNs, recall table, the metrics JSON files. Outputs, all written atomically:
 
-- `index.html` — the page (figures referenced as `figures/<model>/<name>.png`, beside it; no network needed);
+- `index.html` — the page (figures referenced as `figures/<model>/<name>.png`, beside it; no network needed), with
+  a "Skipped" table per model: what every phase left out, per condition and reason (from the outputs' metadata
+  and the metrics files; the answering phase's full list is `results/predictions/<model>.skipped.parquet`);
 - `figures/<model>/<name>.png` for every name in `FIGURES`;
 - `data/accuracy.csv` (model, condition, accuracy, low, high), `data/recall_shares.csv` (model, condition, TT, TF,
   FT, FF, MH, SC), `data/interventions.csv` (model, condition, intervention, delta_accuracy, low, high,
@@ -27,6 +29,8 @@ from knrecall.errors import KnrecallError
 from knrecall.io import atomic_path, read_metadata, read_parquet
 from knrecall.report import FIGURES, figures
 from knrecall.report.page import render_page
+
+SKIP_EXAMPLES = 20  # the answering phase's first skipped prompts, shown with their reason
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -77,6 +81,8 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
         if follows.len():
             for key in ("context", "memory", "neither"):
                 entry[f"follows_{key}"] = float((follows == key).mean())
+        if "context_source" in rows.columns and rows["context_source"].drop_nulls().len():
+            entry["context_from_rewrite"] = float((rows["context_source"].drop_nulls() == "rewrite").mean())
         chain = rows["chain_names_bridge"].drop_nulls()
         if chain.len():
             entry["chain_names_bridge"] = float(chain.mean())
@@ -127,10 +133,17 @@ def model_section(name: str, results: Path, out_dir: Path, items, metrics: dict[
                                           figs / "profile.png", f"results/recall/{name}/profile.parquet")
     captions["completeness"] = figures.completeness(layer_rows["completeness_error"], figs / "completeness.png",
                                                     f"results/attribution/{name}/shard-*.layers.parquet")
+    skipped = {"answer": meta.get("skipped_counts"),
+               "attribute": metrics["attribution"]["models"].get(name, {}).get("skipped"),
+               "measure": (recall_metrics.get("skipped") or {}).get("measure"),
+               "causal": (recall_metrics.get("scoreboard") or {}).get("skipped"),
+               "intervene": intervention_metrics.get("skipped")}
     return {
         "name": name,
         "manifest": {"model": meta.get("model", {}), "device": meta.get("device"), "libraries": meta.get("libraries", {}),
                      "n_items": len(items)},
+        "skipped": {phase: block for phase, block in skipped.items() if block},
+        "skipped_examples": (meta.get("skipped") or [])[:SKIP_EXAMPLES],
         "single_hop_accuracy": single_acc,
         "by_condition": by_condition,
         "recall": recall_metrics,

@@ -79,9 +79,42 @@ def _table4(section: dict[str, Any]) -> str:
         rows.append([_e(condition), _e(m.get("n_items")), _f(m.get("accuracy"), m.get("accuracy_ci"))]
                     + [_f(m.get(k), m.get(f"{k}_ci")) for k in ("TT", "TF", "FT", "FF", "MH", "SC")]
                     + [_f(m.get(f"delta{h}_mean"), m.get(f"delta{h}_mean_ci")) for h in (1, 2)]
-                    + [_e(m.get("n_no_kns")), _e(m.get("n_undecided"))])
+                    + [_e(m.get("n_no_kns")), _e(m.get("n_undecided")), _e(m.get("n_skipped", 0))])
     return _table(["condition", "n", "accuracy", "TT", "TF", "FT", "FF", "MH", "SC", "Δ1 mean", "Δ2 mean",
-                   "no KNs", "undecided"], rows)
+                   "no KNs", "undecided", "skipped"], rows)
+
+
+SKIP_PHASES = {"answer": "answer", "attribute": "attribution", "measure": "KN activations",
+               "causal": "causal effects", "intervene": "interventions"}
+
+
+def _skipped(section: dict[str, Any]) -> str:
+    """What every phase left out of this model's run, per condition and reason, and the first examples."""
+    rows = []
+    for phase, block in section.get("skipped", {}).items():
+        for condition, reasons in (block.get("by_condition") or {}).items():
+            rows += [[_e(SKIP_PHASES.get(phase, phase)), _e(condition), _e(reason), _e(n)]
+                     for reason, n in reasons.items()]
+        rows += [[_e(SKIP_PHASES.get(phase, phase)), "single-hop prompts", _e(reason), _e(n)]
+                 for reason, n in (block.get("single_hop") or {}).items()]
+    if not rows:
+        return '<p class="note">Nothing was skipped: every item was asked under every condition.</p>'
+    note = ('<p class="note">Per-item problems cost one skipped row with a reason, not the run: an item without a '
+            "conflict candidate (neither its own counterfactual rewrite nor another object of the relation), "
+            "without enough few-shot exemplars, with an answer the tokenizer cannot split after the prompt, or with a "
+            "prompt longer than this model's context. Two-hop items count per condition; skipped items have no "
+            "row under that condition in any figure above. The answering phase's list, one row per skipped prompt "
+            f"with its reason: <code>results/predictions/{_e(section['name'])}.skipped.parquet</code>.</p>")
+    examples = section.get("skipped_examples") or []
+    listed = ""
+    if examples:
+        listed = ("<details><summary>The answering phase's first skipped prompts</summary>"
+                  + _table(["item", "prompt", "condition", "reason", "detail"],
+                           [[_e(x.get("case_id")), _e(x.get("kind") if x.get("kind") == "two_hop" else
+                                                      f"{x.get('kind')} #{x.get('paraphrase')}"),
+                             _e(x.get("condition") or "–"), _e(x.get("reason")), _e(x.get("detail"))]
+                            for x in examples]) + "</details>")
+    return note + _table(["phase", "condition", "reason", "items"], rows) + listed
 
 
 def _conflict(section: dict[str, Any]) -> str:
@@ -90,12 +123,15 @@ def _conflict(section: dict[str, Any]) -> str:
     for condition, m in section["by_condition"].items():
         if not condition.startswith("conflict"):
             continue
-        rows.append([_e(condition), _f(m.get("follows_context")), _f(m.get("follows_memory")),
-                     _f(m.get("follows_neither")), _f(stats.get((condition, 1), {}).get("mean")),
-                     _f(stats.get((condition, 2), {}).get("mean"))])
+        rows.append([_e(condition), _e(m.get("n")), _f(m.get("context_from_rewrite")), _f(m.get("follows_context")),
+                     _f(m.get("follows_memory")), _f(m.get("follows_neither")),
+                     _f(stats.get((condition, 1), {}).get("mean")), _f(stats.get((condition, 2), {}).get("mean"))])
     if not rows:
         return '<p class="note">No conflict condition was answered (answer.conditions).</p>'
-    return _table(["condition", "follows context", "follows memory", "neither", "Δ1 mean", "Δ2 mean"], rows)
+    return ('<p class="note">The conflicting entity is the record\'s own counterfactual rewrite where it has one '
+            "(MQuAKE), else another object of the same relation in the dataset.</p>"
+            + _table(["condition", "n", "context from the record's rewrite", "follows context", "follows memory",
+                      "neither", "Δ1 mean", "Δ2 mean"], rows))
 
 
 def _interventions(section: dict[str, Any]) -> str:
@@ -266,6 +302,7 @@ def render_page(sections: list[dict[str, Any]], world: dict[str, Any] | None, pa
                   '<p class="note">MH = TT / (TT + FT): correct answers that recalled both hops; SC = FT / (TT + FT): '
                   "correct answers without recall (shortcuts). Shares with 95 % percentile-bootstrap CIs.</p>",
                   _table4(s), _figure(*figs["categories"]),
+                  "<h3>Skipped items</h3>", _skipped(s),
                   "<h3>Conflicting context</h3>", _conflict(s), _figure(*figs["conflict"]),
                   "<h3>Interventions</h3>", _interventions(s), _figure(*figs["interventions"])]
         if s["recall"].get("validation"):

@@ -11,6 +11,10 @@ answer (`shortcut`, `n_shortcut`), or neither (`neither`, `n_neither`; also a sp
 distinct names), with `n` the predictions counted. A span "names" an answer by `knrecall.answer.is_correct`, the
 answer phase's own test (o2 with its aliases, o2' without). Items tables without the `shortcut_conflicting` column
 (written before it existed, or from other sources: null) have no pathway items.
+
+Skipped items (`knrecall.skips`): `by_condition` counts, per condition, the items the answering phase skipped
+there (`n_skipped`, `skipped`: reason -> count; `n` counts the answered ones), and `skipped` holds the answering
+phase's whole count block. A condition every item was skipped under keeps an entry with `n` 0.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from knrecall.data.correctness import is_correct
+from knrecall.skips import condition_entry, counts
 
 
 def accuracy(frame: pl.DataFrame) -> float | None:
@@ -84,7 +89,8 @@ def pathways(predictions: pl.DataFrame, items: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict[str, Any]) -> dict[str, Any]:
+def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict[str, Any],
+                  skipped: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracies under the `direct` condition, plus `by_condition` for every condition answered, both without the
     pathway items, which `pathways` reports apart. Single-hop accuracy counts each distinct prompt once (facts
     shared by several items are not weighted up); two-hop accuracy counts each item once."""
@@ -98,8 +104,13 @@ def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict
     )
     by_split = {split: accuracy(twohop.filter(pl.col("split") == split))
                 for split in ("train_subject", "heldout_subject", "heldout_bridge")}
-    return {
-        "by_condition": by_condition(regular, regular_items),
+    conditions = by_condition(regular, regular_items)
+    if skipped is not None:
+        for condition in skipped.get("by_condition", {}):
+            conditions.setdefault(condition, {"accuracy": None, "heldout_subjects_accuracy": None, "n": 0})
+        conditions = {c: {**entry, **condition_entry(skipped, c)} for c, entry in conditions.items()}
+    out = {
+        "by_condition": conditions,
         "onehop_accuracy": accuracy(onehop),
         "twohop_accuracy": {
             "all": accuracy(twohop),
@@ -122,3 +133,6 @@ def world_metrics(items: pl.DataFrame, predictions: pl.DataFrame, training: dict
         "train_seconds": training["train_seconds"],
         "train_tokens_per_second": training.get("tokens_per_second"),
     }
+    if skipped is not None:
+        out["skipped"] = dict(skipped) or counts([])
+    return out
