@@ -57,9 +57,10 @@ def _variants(tokenizer, entity: str, aliases) -> list[list[int]]:
 
 def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, model, tokenizer,
             templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16,
-            profile_items: int = 0):
-    """(baselines, activations, steps, profile) tables; see the README for their columns."""
-    adapter = adapter_for(model)
+            profile_items: int = 0, neuron: str = "ffn_input"):
+    """(baselines, activations, steps, profile) tables; see the README for their columns. `neuron` is the
+    neuron definition the KNs were found under (`attribution.neuron`)."""
+    adapter = adapter_for(model, neuron)
     facts, links = facts_of(items)
     sets = refined_sets(kns)
     # only the neurons that are some fact's KN are read; column j of every vector is neuron pairs[j]
