@@ -66,6 +66,25 @@ def json_params(text: str, model, what: str):
     return parse_params(parse_json(text, what), f"--params ({what})", model)
 
 
+def rule_neuron(payload: dict, what: str, kns_path: str | None = None) -> str:
+    """The neuron definition (`attribution.neuron`) of a rule's `--params` ('attribution' block, optional: the
+    default `ffn_input`), checked against the one the KN file was selected under, if given."""
+    from knrecall.config import AttributionParams, parse_params
+    from knrecall.io import read_metadata
+
+    neuron = parse_params(payload.get("attribution", {}), f"--params ({what}: attribution)", AttributionParams).neuron
+    if kns_path is not None:
+        try:
+            meta = read_metadata(kns_path)
+        except Exception:  # missing or unreadable: reading the KN file itself reports it
+            meta = {}
+        recorded = meta.get("thresholds", {}).get("neuron", "ffn_input")
+        if recorded != neuron:
+            raise KnrecallError(f"{kns_path}: the KNs were selected with attribution.neuron = {recorded}, but this "
+                                f"run reads neurons as {neuron}; attribute and select KNs again")
+    return neuron
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -229,7 +248,8 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     items = read_items(args.items)
     spec, model, tokenizer, wrap = load_rule_model(payload, args)
-    settings = AttributionSettings(params.steps, params.rule, params.target, params.store_threshold, params.full_maps)
+    settings = AttributionSettings(params.steps, params.rule, params.target, params.store_threshold, params.full_maps,
+                                   params.neuron)
     skipped: list = []
     neurons, layers = attribute_shard(items, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
                                       args.max_rows, wrap=wrap, skipped=skipped)
@@ -250,16 +270,21 @@ def cmd_select_kns(args: argparse.Namespace) -> None:
     from knrecall.skips import merge_counts
 
     payload = rule_payload(args.params, "select-kns", ("attribution", "kns"))
-    store = parse_params(payload["attribution"], "--params (attribution)", AttributionParams).store_threshold
+    attribution = parse_params(payload["attribution"], "--params (attribution)", AttributionParams)
     params = parse_params(payload["kns"], "--params (kns)", KnsParams)
     if len(args.neurons) != len(args.layers):
         raise KnrecallError("select-kns: give one --layers file per --neurons file")
     neurons = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.neurons])
+    for path in args.neurons:  # the shards must have been attributed under the same neuron definition
+        recorded = read_metadata(path).get("params", {}).get("attribution", {}).get("neuron", "ffn_input")
+        if recorded != attribution.neuron:
+            raise KnrecallError(f"{path}: attributed with attribution.neuron = {recorded}, but KNs are selected "
+                                f"for {attribution.neuron}")
     layers = pl.concat([pl.from_arrow(read_parquet(path)) for path in args.layers])
     prompts = layers.group_by("fact_id", "paraphrase").agg(pl.col("max_attribution").max())
     selection = Selection(params.coarse_threshold, params.refine_fraction, params.refine_mode == "adaptive",
                           tuple(params.adaptive_band))
-    kns, info = select_kns(neurons, prompts, selection, store)
+    kns, info = select_kns(neurons, prompts, selection, attribution.store_threshold, attribution.neuron)
     summary = attribution_summary(layers, kns, info, args.model_name)
     summary["skipped"] = merge_counts(*(read_metadata(path).get("skipped_counts") for path in args.layers))
     write_parquet(kns.to_arrow(), args.out, provenance(payload, thresholds=info,
@@ -293,7 +318,7 @@ def cmd_attribute_prompt(args: argparse.Namespace) -> None:
     spec = ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code, args.allow_pickle)
     model, tokenizer = load_model(spec, args.device)
     prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, args.prompt, args.answer)
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, args.neuron)
     options = dict(steps=args.steps, rule=args.rule, target=args.target)
     if args.engine == "fast":
         ig = attribute_prompt(model, adapter, prompt_ids, answer_ids, max_rows=args.max_rows, **options)
@@ -314,7 +339,8 @@ def cmd_attribute_prompt(args: argparse.Namespace) -> None:
         for layer in range(n_layers)
     ]
     meta = provenance(options, model={"path": spec.path, "revision": spec.revision, "dtype": spec.dtype},
-                      prompt=args.prompt, answer=args.answer, engine=args.engine, answer_tokens=answer_ids,
+                      prompt=args.prompt, answer=args.answer, engine=args.engine, neuron=args.neuron,
+                      answer_tokens=answer_ids,
                       base_target=ig.base_target, completeness=completeness, device=args.device)
     write_parquet(table, args.out, meta)
     top = torch_topk(ig.attributions, 5)
@@ -342,6 +368,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
 
     payload = rule_payload(args.params, "measure", ("recall", "prompts", "model", "seed"))
     params = parse_params(payload["recall"], "--params (recall)", RecallParams)
+    neuron = rule_neuron(payload, "measure", args.kns)
     set_threads(args.threads)
     items = read_items(args.items)
     predictions = pl.from_arrow(read_parquet(args.predictions))
@@ -350,7 +377,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     skipped: list = []
     baselines, activations, steps, profile = measure(items, predictions, kns, model, tokenizer, payload["prompts"],
                                                      params.null_per_fact, payload["seed"], args.batch_size,
-                                                     params.profile_items, wrap=wrap, skipped=skipped)
+                                                     params.profile_items, neuron, wrap=wrap, skipped=skipped)
     meta = provenance(payload, model=model_meta(args, spec, payload), device=args.device, **skip_metadata(skipped))
     write_parquet(baselines.to_arrow(), args.baselines, meta)
     write_parquet(steps.to_arrow(), args.steps, meta)
@@ -410,13 +437,14 @@ def cmd_causal(args: argparse.Namespace) -> None:
 
     payload = rule_payload(args.params, "causal", ("interventions", "model", "seed"))
     params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
+    neuron = rule_neuron(payload, "causal", args.kns)
     set_threads(args.threads)
     items = read_items(args.items)
     predictions = pl.from_arrow(read_parquet(args.predictions))
     refined = refined_sets(pl.from_arrow(read_parquet(args.kns)))
     spec, model, tokenizer, _ = load_rule_model(payload, args)  # the predictions hold the model's own prompts
     table, skipped = causal_effects(items, predictions, refined, model, tokenizer, params.suppress_factor,
-                                    params.causal_random_seeds, args.model_name, args.batch_size)
+                                    params.causal_random_seeds, args.model_name, args.batch_size, neuron)
     meta = provenance(payload, model=model_meta(args, spec, payload), device=args.device, **skip_metadata(skipped))
     write_parquet(table.to_arrow(), args.out, meta)
     logging.info("causal effects: %d rows -> %s (skipped: %s)", table.height, args.out,
@@ -458,6 +486,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     payload = rule_payload(args.params, "intervene", ("interventions", "answer", "prompts", "model", "seed"))
     params = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
     answer = parse_params(payload["answer"], "--params (answer)", AnswerParams)
+    neuron = rule_neuron(payload, "intervene", args.kns)
     if not 0 <= args.shard < params.shards:
         raise KnrecallError(f"--shard {args.shard} is outside 0..{params.shards - 1} "
                             f"(interventions.shards = {params.shards})")
@@ -467,7 +496,7 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     spec, model, tokenizer, wrap = load_rule_model(payload, args)
     settings = Settings(tuple(params.conditions), params.enhance_factor, params.suppress_factor, params.random_seeds,
                         params.position_policy, answer.max_new_tokens, answer.cot_max_new_tokens,
-                        answer.few_shot_exemplars, payload["seed"], params.max_items)
+                        answer.few_shot_exemplars, payload["seed"], params.max_items, neuron)
     skipped: list = []
     table = run_shard(items, refined, model, tokenizer, payload["prompts"], settings, args.shard, params.shards,
                       args.batch_size, args.model_name, wrap=wrap, skipped=skipped)
@@ -499,6 +528,7 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
     from knrecall.answer import extract_span, stop_token_ids
     from knrecall.interventions.generate import greedy_generate
     from knrecall.interventions.run import COT_ANSWER_CONTEXT, answer_step
+    from knrecall.models.adapters import adapter_for
     from knrecall.models.load import ModelSpec, load_model
     from knrecall.recall.steps import prompt_input_ids
     from knrecall.targets import answer_token_ids
@@ -516,9 +546,11 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
     gold = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if args.cot else args.prompt, args.gold)[0]
     stops = stop_token_ids(tokenizer, args.cot)
     limit = args.max_new_tokens
+    adapter = adapter_for(model, args.neuron_definition)
     for label, factor in (("without", 1.0), ("with", args.factor)):
         result = greedy_generate(model, [prompt_ids], limit, stops, neurons=[neurons], factor=factor,
-                                 policy=args.policy, gold_ids=[gold], pad_id=tokenizer.pad_token_id)[0]
+                                 policy=args.policy, gold_ids=[gold], adapter=adapter,
+                                 pad_id=tokenizer.pad_token_id)[0]
         generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
         span = extract_span(generation, args.cot)
         prob = result.gold_probs[answer_step(tokenizer, result.generated_ids, generation, span, args.cot)]
@@ -748,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="gauss_legendre", choices=["gauss_legendre", "midpoint", "left", "right", "linspace"])
     p.add_argument("--target", default="prob", choices=["prob", "logprob"])
     p.add_argument("--engine", default="fast", choices=["fast", "naive"])
+    p.add_argument("--neuron", default="ffn_input", choices=["ffn_input", "pre_activation"],
+                   help="neuron definition (attribution.neuron): the FFN output projection's input, or the first "
+                        "projection's output before the activation function")
     p.add_argument("--revision")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (if you trust it)")
@@ -762,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", required=True, help="items.parquet")
     p.add_argument("--predictions", required=True, help="the model's predictions.parquet (generated ids)")
     p.add_argument("--kns", required=True, help="the model's kns.parquet")
-    p.add_argument("--params", required=True, help="JSON with 'recall', 'prompts', 'model' and 'seed'")
+    p.add_argument("--params", required=True, help="JSON with 'recall', 'prompts', 'model', 'seed' and "
+                   "optionally 'attribution' ({'neuron': ...}, default ffn_input)")
     model_run_arguments(p, batch_size=16)
     p.add_argument("--baselines", required=True, help="output: baselines Parquet")
     p.add_argument("--steps", required=True, help="output: reasoning-step positions Parquet")
@@ -788,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", required=True, help="items.parquet")
     p.add_argument("--predictions", required=True, help="the model's predictions.parquet (its own chains)")
     p.add_argument("--kns", required=True, help="the model's kns.parquet")
-    p.add_argument("--params", required=True, help="JSON with 'interventions', 'model' and 'seed'")
+    p.add_argument("--params", required=True, help="JSON with 'interventions', 'model', 'seed' and "
+                   "optionally 'attribution' ({'neuron': ...}, default ffn_input)")
     model_run_arguments(p, batch_size=64)
     p.add_argument("--out", required=True, help="output: causal.parquet")
     p.set_defaults(func=cmd_causal)
@@ -808,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", required=True, help="items.parquet")
     p.add_argument("--kns", required=True, help="the model's kns.parquet")
     p.add_argument("--params", required=True,
-                   help="JSON with 'interventions', 'answer', 'prompts', 'model' (one models entry) and 'seed'")
+                   help="JSON with 'interventions', 'answer', 'prompts', 'model' (one models entry), 'seed' "
+                        "and optionally 'attribution' ({'neuron': ...}, default ffn_input)")
     p.add_argument("--model-path", help="override the model path (the workflow passes the trained world model)")
     p.add_argument("--model-name", default="")
     p.add_argument("--shard", type=int, default=0, help="this shard's index, 0 .. interventions.shards-1")
@@ -833,6 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neuron", action="append", default=[], required=True, metavar="LAYER:INDEX",
                    help="a neuron to scale; repeat for several")
     p.add_argument("--factor", type=float, default=0.0, help="multiply the neurons' activations by this (default 0)")
+    p.add_argument("--neuron-definition", default="ffn_input", choices=["ffn_input", "pre_activation"],
+                   help="what a neuron is (attribution.neuron): the FFN output projection's input, or the first "
+                        "projection's output before the activation function")
     p.add_argument("--policy", default="last_prompt", choices=["last_prompt", "all_generated", "all"])
     p.add_argument("--cot", action="store_true", help="a chain-of-thought prompt: the answer follows 'So the answer is'")
     p.add_argument("--max-new-tokens", type=int, default=8)

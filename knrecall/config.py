@@ -120,6 +120,12 @@ class AttributionParams(Strict):
         "gauss_legendre", description="Quadrature rule over alpha in [0, 1]."
     )
     target: Literal["prob", "logprob"] = Field("prob", description="Attributed quantity: gold-token probability or log-probability.")
+    neuron: Literal["ffn_input", "pre_activation"] = Field(
+        "ffn_input", description="What a neuron is: the input of the FFN output projection (ffn_input: down_proj, "
+        "c_proj, fc_out, dense_4h_to_h, fc2), or the output of the FFN's first projection before the activation "
+        "function (pre_activation: gate_proj, the gate half of Phi-3's gate_up_proj, c_fc, fc_in, dense_h_to_4h, "
+        "fc1; what EleutherAI's knowledge-neurons hooks). Attribution, KN selection, activations and interventions "
+        "all use it.")
     shards: int = Field(2, ge=1, description="Attribution shards (jobs); facts are assigned by a hash of their id.")
     store_threshold: float = Field(0.1, ge=0, le=1, description="Store neurons with attribution >= this x the prompt's maximum.")
     full_maps: bool = Field(False, description="Store every neuron of every prompt (large) instead of thresholded coordinates.")

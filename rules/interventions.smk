@@ -21,6 +21,7 @@ rule intervene:
         spec=lambda wc: as_json(
             {
                 "interventions": PARAMS.interventions.model_dump(mode="json", exclude={"causal_random_seeds"}),
+                "attribution": {"neuron": PARAMS.attribution.neuron},
                 "answer": PARAMS.answer.model_dump(mode="json"),
                 "prompts": PARAMS.prompts,
                 "model": model_block(wc.model),
@@ -97,6 +98,7 @@ rule causal_effects:
                     "suppress_factor": PARAMS.interventions.suppress_factor,
                     "causal_random_seeds": PARAMS.interventions.causal_random_seeds,
                 },
+                "attribution": {"neuron": PARAMS.attribution.neuron},
                 "model": model_block(wc.model),
                 "seed": PARAMS.seed,
             }

@@ -27,6 +27,7 @@ rule measure:
                     "null_per_fact": PARAMS.recall.null_per_fact,
                     "profile_items": PARAMS.recall.profile_items,
                 },
+                "attribution": {"neuron": PARAMS.attribution.neuron},
                 "prompts": PARAMS.prompts,
                 "model": model_block(wc.model),
                 "seed": PARAMS.seed,

@@ -10,7 +10,7 @@ import torch
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
 from knrecall.recall.activations import activations_at, columns_for, selected_columns
-from tests.tiny_models import FAMILIES, LAYERS, POSITIONS, VOCAB, WIDTHS, tiny_model
+from tests.tiny_models import FAMILIES, LAYERS, POSITIONS, VOCAB, WIDTHS, explicit_pre_activation_hooks, tiny_model
 
 # different lengths, so a batch needs padding; token 0 (the pad id) also occurs as a real token
 SEQUENCES = [
@@ -75,6 +75,31 @@ def test_batched_equals_single_and_manual(family):
         torch.testing.assert_close(batched[s], expected, atol=1e-5, rtol=1e-5)
         # the positions are distinguishable: reading a neighbouring position would not pass
         assert not torch.allclose(manual[:, 0], manual[:, 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pre_activation_reads_equal_a_plain_forward_hook(family):
+    """With `pre_activation` neurons the batched, left-padded reads are the first projection's outputs (the gate
+    half for Phi-3), as plain forward hooks placed here record them on each unpadded sequence."""
+    model = _model(family)
+    adapter = adapter_for(model, "pre_activation")
+    width = adapter.width(model)
+    batched = activations_at(model, adapter, SEQUENCES, POSITIONS_OF, batch_size=3)
+    assert _all_hooks_removed(model)
+    for s, (seq, pos) in enumerate(zip(SEQUENCES, POSITIONS_OF)):
+        captured = {}
+        with torch.no_grad(), explicit_pre_activation_hooks(model, lambda l, x: captured.__setitem__(l, x[0].clone())):
+            model(input_ids=torch.tensor([seq]), use_cache=False)
+        manual = torch.stack([captured[layer] for layer in range(LAYERS)])  # [layers, seq, width]
+        expected = manual[:, pos].permute(1, 0, 2).reshape(len(pos), LAYERS * width)
+        torch.testing.assert_close(batched[s], expected, atol=1e-5, rtol=1e-5)
+    neurons = {1: [width - 1, 0], 0: [3]}
+    chosen = activations_at(model, adapter, SEQUENCES[:2], POSITIONS_OF[:2], neurons=neurons)[0]
+    torch.testing.assert_close(chosen[:, 0], batched[0][:, 3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(chosen[:, 1], batched[0][:, width + width - 1], atol=1e-6, rtol=0)
+    # the other definition reads another tensor
+    ffn_input = activations_at(model, adapter_for(model), SEQUENCES[:1], POSITIONS_OF[:1])[0]
+    assert not torch.allclose(ffn_input, batched[0], atol=1e-3)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "opt", "llama"])

@@ -1,16 +1,21 @@
-"""The FFN adapters: where each family's neurons are, their width, and the one hook mechanism over them."""
+"""The FFN adapters: where each family's neurons are (both definitions), their width, and the one hook mechanism
+over them."""
 
 from __future__ import annotations
 
+import typing
 from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import FAMILIES, GATED_FAMILIES, HIDDEN, LAYERS, WIDTHS, tiny_config, tiny_model, tiny_model_dir
+from tiny_models import (FAMILIES, GATED_FAMILIES, HIDDEN, LAYERS, PRE_ACTIVATION_MODULES, WIDTHS,
+                         explicit_pre_activation_hooks, tiny_config, tiny_model, tiny_model_dir)
 from transformers import BertConfig, GPT2Config
 
+from knrecall.config import AttributionParams
 from knrecall.errors import KnrecallError
-from knrecall.models.adapters import SUPPORTED_FAMILIES, adapter_for, hook_ffn_inputs, num_layers
+from knrecall.models import adapters
+from knrecall.models.adapters import NEURON_DEFINITIONS, SUPPORTED_FAMILIES, adapter_for, hook_neurons, num_layers
 from knrecall.models.load import ModelSpec, load_model
 
 # Written out independently of the adapters' own table: the name of decoder layer i, the output projection in it ...
@@ -112,7 +117,7 @@ def test_hook_captures_inputs_of_shape_batch_seq_width(family_model):
     def capture(i, x):
         seen[i] = tuple(x.shape)
 
-    with hook_ffn_inputs(model, adapter, capture):
+    with hook_neurons(model, adapter, capture):
         model(_ids())
     assert seen == {i: (BATCH, SEQ, adapter.width(model)) for i in range(LAYERS)}
     assert all(shape[-1] == WIDTHS[family] for shape in seen.values())
@@ -129,7 +134,7 @@ def test_captured_input_equals_the_hand_computed_activation(family_model):
         for i in range(LAYERS)
     ]
     try:
-        with hook_ffn_inputs(model, adapter_for(model), lambda i, x: ffn_inputs.__setitem__(i, x)):
+        with hook_neurons(model, adapter_for(model), lambda i, x: ffn_inputs.__setitem__(i, x)):
             with torch.no_grad():
                 model(_ids())
     finally:
@@ -157,12 +162,12 @@ def test_zeroing_one_layer_changes_logits_and_identity_does_not(family_model):
     with torch.no_grad():
         base = model(ids).logits
         for layer in range(LAYERS):
-            with hook_ffn_inputs(model, adapter, lambda i, x, layer=layer: torch.zeros_like(x) if i == layer else None):
+            with hook_neurons(model, adapter, lambda i, x, layer=layer: torch.zeros_like(x) if i == layer else None):
                 zeroed = model(ids).logits
             assert (zeroed - base).abs().max() > 1e-4, f"{family}: zeroing layer {layer} changed nothing"
-        with hook_ffn_inputs(model, adapter, lambda i, x: x):
+        with hook_neurons(model, adapter, lambda i, x: x):
             identity = model(ids).logits
-        with hook_ffn_inputs(model, adapter, lambda i, x: None):
+        with hook_neurons(model, adapter, lambda i, x: None):
             untouched = model(ids).logits
     assert torch.equal(identity, base)
     assert torch.equal(untouched, base)
@@ -175,7 +180,7 @@ def test_replacement_flows_into_the_projection(family_model):
     outputs = []
     handle = projection.register_forward_hook(lambda module, args, out: outputs.append(out))
     try:
-        with torch.no_grad(), hook_ffn_inputs(model, adapter, lambda i, x: torch.zeros_like(x) if i == 0 else None):
+        with torch.no_grad(), hook_neurons(model, adapter, lambda i, x: torch.zeros_like(x) if i == 0 else None):
             model(_ids())
     finally:
         handle.remove()
@@ -184,16 +189,16 @@ def test_replacement_flows_into_the_projection(family_model):
 
 
 def _no_hooks_left(model) -> bool:
-    """No forward pre-hook on any module (the projections and the decoder layers included)."""
+    """No forward (pre-)hook on any module (the projections and the decoder layers included)."""
     assert adapter_for(model).layers(model)[0] in list(model.modules())
-    return all(len(module._forward_pre_hooks) == 0 for module in model.modules())
+    return all(not module._forward_pre_hooks and not module._forward_hooks for module in model.modules())
 
 
 def test_hooks_are_removed_after_an_exception(family_model):
     family, model = family_model
     adapter = adapter_for(model)
     with pytest.raises(RuntimeError, match="in the body"):
-        with hook_ffn_inputs(model, adapter, lambda i, x: None):
+        with hook_neurons(model, adapter, lambda i, x: None):
             assert not _no_hooks_left(model)
             raise RuntimeError("in the body")
     assert _no_hooks_left(model)
@@ -202,7 +207,7 @@ def test_hooks_are_removed_after_an_exception(family_model):
         raise ValueError("in the hook")
 
     with pytest.raises(ValueError, match="in the hook"):
-        with hook_ffn_inputs(model, adapter, failing):
+        with hook_neurons(model, adapter, failing):
             model(_ids())
     assert _no_hooks_left(model)
 
@@ -210,7 +215,7 @@ def test_hooks_are_removed_after_an_exception(family_model):
 def test_a_replacement_of_the_wrong_shape_is_an_error():
     model = tiny_model("llama")
     with pytest.raises(KnrecallError, match="shape"):
-        with hook_ffn_inputs(model, None, lambda i, x: x[..., :-1]):
+        with hook_neurons(model, None, lambda i, x: x[..., :-1]):
             model(_ids())
     assert _no_hooks_left(model)
 
@@ -256,7 +261,7 @@ def test_saved_tiny_model_loads_by_local_path(family, tmp_path):
     assert adapter.family == family and adapter.width(model) == WIDTHS[family] and num_layers(model) == LAYERS
     ids = tokenizer(["a b c"], return_tensors="pt").input_ids
     seen = {}
-    with torch.no_grad(), hook_ffn_inputs(model, adapter, lambda i, x: seen.__setitem__(i, x.shape)):
+    with torch.no_grad(), hook_neurons(model, adapter, lambda i, x: seen.__setitem__(i, x.shape)):
         logits = model(ids).logits
     assert seen == {i: (1, ids.shape[1], WIDTHS[family]) for i in range(LAYERS)}
     with torch.no_grad():
@@ -267,7 +272,135 @@ def test_saved_tiny_model_loads_by_local_path(family, tmp_path):
 def test_gradients_flow_through_a_replacement(family_model):
     family, model = family_model
     scale = torch.ones(WIDTHS[family], requires_grad=True)
-    with hook_ffn_inputs(model, adapter_for(model), lambda i, x: x * scale if i == 0 else None):
+    with hook_neurons(model, adapter_for(model), lambda i, x: x * scale if i == 0 else None):
         logits = model(_ids()).logits
     (grad,) = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), scale)
     assert grad.shape == (WIDTHS[family],) and grad.abs().max() > 0
+
+
+# ------------------------------------------------------------------------------------------ pre_activation neurons
+def test_the_default_definition_is_ffn_input(family_model):
+    family, model = family_model
+    assert NEURON_DEFINITIONS == ("ffn_input", "pre_activation")
+    # the params model (torch-free, so it spells them out) offers exactly these, with the same default
+    field = AttributionParams.model_fields["neuron"]
+    assert typing.get_args(field.annotation) == NEURON_DEFINITIONS and field.default == NEURON_DEFINITIONS[0]
+    assert adapter_for(model) == adapter_for(model, "ffn_input")
+    assert adapter_for(model).neuron == "ffn_input" and not adapter_for(model).reads_output
+
+
+def test_pre_activation_layers_are_the_first_projections(family_model):
+    family, model = family_model
+    adapter = adapter_for(model, "pre_activation")
+    assert adapter.reads_output
+    layers = adapter.layers(model)
+    assert len(layers) == LAYERS
+    for i, module in enumerate(layers):
+        assert module is _module(model, PRE_ACTIVATION_MODULES[family].format(i=i))
+    # the width stays the config's FFN size (for Phi-3 half of the fused projection's outputs)
+    assert adapter.width(model) == WIDTHS[family] == getattr(model.config, WIDTH_KEYS[family])
+
+
+def test_pre_activation_hook_reads_the_first_projections_output(family_model):
+    family, model = family_model
+    ids = _ids()
+    explicit, through_knrecall = {}, {}
+    with torch.no_grad(), explicit_pre_activation_hooks(model, lambda i, x: explicit.__setitem__(i, x.clone()),
+                                                        batch=BATCH):
+        with hook_neurons(model, adapter_for(model, "pre_activation"),
+                          lambda i, x: through_knrecall.__setitem__(i, x.clone())):
+            model(ids)
+    assert sorted(through_knrecall) == sorted(explicit) == list(range(LAYERS))
+    for i in range(LAYERS):
+        assert through_knrecall[i].shape == (BATCH, SEQ, WIDTHS[family])
+        assert torch.equal(through_knrecall[i], explicit[i])
+    # and it is not the other definition's tensor
+    ffn_inputs = {}
+    with torch.no_grad(), hook_neurons(model, adapter_for(model), lambda i, x: ffn_inputs.__setitem__(i, x.clone())):
+        model(ids)
+    assert not torch.allclose(ffn_inputs[0], through_knrecall[0], atol=1e-3)
+
+
+def test_pre_activation_hook_reads_before_the_activation_function():
+    """GPT-2: what the hook sees is c_fc(x); the output projection's input is gelu of it."""
+    model = tiny_model("gpt2")
+    seen = {}
+    with torch.no_grad():
+        with hook_neurons(model, adapter_for(model, "pre_activation"), lambda i, x: seen.__setitem__(("pre", i), x)):
+            with hook_neurons(model, adapter_for(model), lambda i, x: seen.__setitem__(("in", i), x)):
+                model(_ids())
+    mlp = model.transformer.h[0].mlp
+    torch.testing.assert_close(mlp.act(seen[("pre", 0)]), seen[("in", 0)], rtol=1e-6, atol=1e-7)
+
+
+def test_pre_activation_replacement_equals_an_explicit_forward_hook(family_model):
+    """Scaling pre-activation neurons through knrecall replaces the projection's output exactly as a plain forward
+    hook that does the same (for Phi-3: the gate half only)."""
+    family, model = family_model
+    ids = _ids()
+    generator = torch.Generator().manual_seed(1)
+    scales = [torch.rand(WIDTHS[family], generator=generator) * 2 for _ in range(LAYERS)]
+    scales[1][:5] = 0.0  # suppress a few
+
+    def scale(i, x):
+        return x * scales[i]
+
+    with torch.no_grad():
+        base = model(ids).logits
+        with explicit_pre_activation_hooks(model, scale, batch=BATCH):
+            expected = model(ids).logits
+        with hook_neurons(model, adapter_for(model, "pre_activation"), scale):
+            got = model(ids).logits
+    assert _no_hooks_left(model)
+    assert (expected - base).abs().max() > 1e-4
+    assert torch.equal(got, expected)
+
+
+def test_pre_activation_hooks_are_removed_after_an_exception(family_model):
+    family, model = family_model
+    adapter = adapter_for(model, "pre_activation")
+
+    def failing(i, x):
+        raise ValueError("in the hook")
+
+    with pytest.raises(ValueError, match="in the hook"):
+        with hook_neurons(model, adapter, failing):
+            assert not _no_hooks_left(model)
+            model(_ids())
+    assert _no_hooks_left(model)
+    with pytest.raises(KnrecallError, match="shape"):
+        with hook_neurons(model, adapter, lambda i, x: x[..., :-1]):
+            model(_ids())
+    assert _no_hooks_left(model)
+
+
+def test_gradients_flow_through_a_pre_activation_replacement(family_model):
+    family, model = family_model
+    scale = torch.ones(WIDTHS[family], requires_grad=True)
+    with hook_neurons(model, adapter_for(model, "pre_activation"), lambda i, x: x * scale if i == 1 else None):
+        logits = model(_ids()).logits
+    (grad,) = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), scale)
+    assert grad.shape == (WIDTHS[family],) and grad.abs().max() > 0
+
+
+def test_pre_activation_width_disagreeing_with_the_weights_is_an_error():
+    model = tiny_model("phi3")
+    model.config.intermediate_size = WIDTHS["phi3"] + 2
+    with pytest.raises(KnrecallError, match="'mlp.gate_up_proj' gives 48 gate outputs"):
+        adapter_for(model, "pre_activation").width(model)
+
+
+def test_unknown_neuron_definition_is_an_error():
+    with pytest.raises(KnrecallError, match="unknown neuron definition 'post_activation' .*ffn_input, pre_activation"):
+        adapter_for(tiny_config("llama"), "post_activation")
+
+
+def test_family_without_a_pre_activation_module_is_one_line_naming_family_and_definition(monkeypatch):
+    monkeypatch.setitem(adapters._FAMILIES, "gpt_neox", adapters._FAMILIES["gpt_neox"]._replace(first_projection=None))
+    assert adapter_for(tiny_config("gpt_neox")).neuron == "ffn_input"  # the default still works
+    with pytest.raises(KnrecallError) as info:
+        adapter_for(tiny_config("gpt_neox"), "pre_activation")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("model family 'gpt_neox' has no pre-activation neuron (attribution.neuron: "
+                              "pre_activation)")

@@ -118,6 +118,15 @@ CASES = {
         "--params for answer: not valid JSON"),
     "dataset file missing": lambda t: (["data", "import", "--input", str(t / "nope.json"), "--out",
                                         str(t / "out.parquet")], t / "out.parquet", "nope.json: file not found"),
+    "unknown neuron definition": lambda t: (
+        ["check-params", str(_params_file(t, "attribution:\n  neuron: post_activation\n"))], None,
+        "key 'attribution.neuron'"),
+    "KNs selected under another neuron definition": lambda t: (
+        ["measure", "--items", str(t / "items.parquet"), "--predictions", str(t / "p.parquet"),
+         "--kns", str(_kns(t, "ffn_input")), "--params", _measure_params("pre_activation"),
+         "--baselines", str(t / "b.parquet"), "--steps", str(t / "s.parquet"), "--profile", str(t / "r.parquet"),
+         "--out", str(t / "a.parquet")], t / "a.parquet",
+        "the KNs were selected with attribution.neuron = ffn_input, but this run reads neurons as pre_activation"),
     "chat template on, tokenizer without one": lambda t: (
         ["answer", "--items", str(_items(t)), "--params", _answer_params(str(_tiny(t / "m")), chat_template=True),
          "--model-name", "tiny-chat", "--out", str(t / "p.parquet")], t / "p.parquet",
@@ -146,6 +155,22 @@ SKIP_CASES = {
          "--layers-out", str(t / "a.layers.parquet")], t / "a.parquet", None,
         [("fact ", "answer_tokens")]),
 }
+
+
+def _kns(tmp: Path, neuron: str) -> Path:
+    """A (empty) KN file whose metadata says which neuron definition it was selected under."""
+    import pyarrow as pa
+
+    from knrecall.io import provenance, write_parquet
+
+    path = tmp / "kns.parquet"
+    write_parquet(pa.table({"fact_id": pa.array([], pa.string())}), path, provenance({}, thresholds={"neuron": neuron}))
+    return path
+
+
+def _measure_params(neuron: str) -> str:
+    return json.dumps({"recall": {}, "attribution": {"neuron": neuron}, "prompts": {"direct": "Q: {question} A:"},
+                       "model": {"path": "/nonexistent/model"}, "seed": 0})
 
 
 def _config_only(folder: Path) -> Path:

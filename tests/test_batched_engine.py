@@ -45,6 +45,18 @@ def test_batched_equals_single_prompt_engine_for_every_family(family):
     assert all(not layer._forward_pre_hooks for layer in adapter.layers(model))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_equals_single_prompt_engine_with_pre_activation_neurons(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model, "pre_activation")
+    singles = [attribute_prompt(model, adapter, p, a, steps=4, max_rows=1000) for p, a in PROMPTS]
+    for max_rows in (10_000, 2 * 2 * 5):
+        batched = attribute_prompts(model, adapter, PROMPTS, steps=4, max_rows=max_rows)
+        for b, s in zip(batched, singles):
+            assert_same(b, s)
+    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("target", ["prob", "logprob"])
 def test_batched_equals_single_for_every_rule_and_target(rule, target):

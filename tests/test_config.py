@@ -38,6 +38,7 @@ BAD = [
     ({"models": {"world": {"path": "world", "dtype": "float8"}}}, "key 'models.world.dtype'"),
     ({"answer": {"conditions": ["telepathy"]}}, "key 'answer.conditions"),
     ({"seed": 1.5}, "key 'seed'"),
+    ({"attribution": {"neuron": "post_activation"}}, "key 'attribution.neuron'"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The attribution engine equals the naive reference (every family, single/multi-token answers, every rule)."""
+"""The attribution engine equals the naive reference (every family, single/multi-token answers, every rule, both
+neuron definitions)."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from knrecall.attribution.reference import attribute_prompt_naive
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
 
-from tiny_models import FAMILIES, tiny_model
+from tiny_models import FAMILIES, explicit_pre_activation_hooks, tiny_model
 
 PROMPT = [2, 17, 23, 5, 41, 9, 30]  # BOS + six ordinary tokens
 SINGLE = [12]
@@ -40,6 +41,37 @@ def test_engine_equals_naive_for_every_family(family_model, answer, rule):
     assert fast.attributions.abs().max() > 0  # not trivially equal
     assert not any(p.requires_grad for p in model.parameters())
     assert all(not layer._forward_pre_hooks for layer in adapter.layers(model))
+
+
+def _no_hooks_left(model) -> bool:
+    return all(not module._forward_pre_hooks and not module._forward_hooks for module in model.modules())
+
+
+@pytest.mark.parametrize("rule", ["gauss_legendre", "linspace"])
+@pytest.mark.parametrize("answer", [SINGLE, MULTI], ids=["single-token", "multi-token"])
+def test_engine_equals_naive_with_pre_activation_neurons_for_every_family(family_model, answer, rule):
+    family, model = family_model
+    adapter = adapter_for(model, "pre_activation")
+    fast = attribute_prompt(model, adapter, PROMPT, answer, steps=6, rule=rule, max_rows=5)
+    naive = attribute_prompt_naive(model, adapter, PROMPT, answer, steps=6, rule=rule)
+    assert relative_difference(fast.attributions, naive.attributions) < 1e-5, family
+    assert relative_difference(fast.activations, naive.activations) < 1e-5
+    assert torch.allclose(fast.target_deltas, naive.target_deltas, rtol=1e-5, atol=1e-7)
+    assert fast.base_target == pytest.approx(naive.base_target, rel=1e-5)
+    assert fast.attributions.abs().max() > 0
+    assert _no_hooks_left(model)
+    # the activations are the first projection's outputs (read by a plain forward hook) at the predicting position
+    seen = {}
+    with torch.no_grad(), explicit_pre_activation_hooks(model, lambda i, x: seen.__setitem__(i, x[0, -1].clone())):
+        model(input_ids=torch.tensor([PROMPT]))
+    torch.testing.assert_close(fast.activations, torch.stack([seen[0], seen[1]]), rtol=1e-5, atol=1e-6)
+
+
+def test_pre_activation_completeness_holds():
+    """Σ_i attr_i ≈ f(w̄) − f(0 at l) with pre-activation neurons too (zeroing the gate zeroes the FFN)."""
+    model = tiny_model("llama", seed=3)
+    ig = attribute_prompt(model, adapter_for(model, "pre_activation"), PROMPT, SINGLE, steps=16)
+    assert float(ig.completeness_error.max()) < 1e-4
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -14,8 +14,8 @@ import torch
 
 from knrecall.errors import KnrecallError
 from knrecall.interventions.generate import POSITION_POLICIES, greedy_generate, policy_positions
-from knrecall.models.adapters import adapter_for, hook_ffn_inputs
-from tests.tiny_models import FAMILIES, LAYERS, WIDTHS, tiny_model
+from knrecall.models.adapters import adapter_for, hook_neurons
+from tests.tiny_models import FAMILIES, LAYERS, WIDTHS, explicit_pre_activation_hooks, tiny_model
 
 PROMPTS = [[2, 5, 9, 17, 33, 8, 41], [2, 11, 4], [2, 30, 22, 9, 50]]
 NEURONS = [{0: [1, 5, 7], 1: [3]}, {1: [0, 2, 11, 20]}, {0: [4]}]
@@ -28,8 +28,9 @@ def _model(family: str):
     return tiny_model(family)
 
 
-def _reference(model, prompt, neurons, factor, policy, steps, stops=()):
-    """Unbatched, uncached greedy decoding; each step scales the policy's positions of the sequence read so far."""
+def _reference(model, prompt, neurons, factor, policy, steps, stops=(), neuron="ffn_input"):
+    """Unbatched, uncached greedy decoding; each step scales the policy's positions of the sequence read so far.
+    `pre_activation` neurons are scaled by plain forward hooks placed by the test (not by knrecall)."""
     adapter = adapter_for(model)
     sequence = list(prompt)
     generated, probs = [], []
@@ -45,7 +46,9 @@ def _reference(model, prompt, neurons, factor, policy, steps, stops=()):
             multiplier[neurons[layer]] = factor
             return torch.where(columns[None, :, None], x * multiplier, x)
 
-        with torch.no_grad(), hook_ffn_inputs(model, adapter, scale):
+        hooks = hook_neurons(model, adapter, scale) if neuron == "ffn_input" else \
+            explicit_pre_activation_hooks(model, scale)
+        with torch.no_grad(), hooks:
             logits = model(input_ids=torch.tensor([sequence]), use_cache=False).logits[0, -1].float()
         token = int(logits.argmax())
         probs.append(torch.softmax(logits, -1))
@@ -68,6 +71,54 @@ def test_cached_batched_generation_matches_uncached_reference(family, policy):
         assert result.generated_ids == tokens
         expected = [float(p[gold]) for p in probs]
         assert result.gold_probs == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@functools.cache
+def _sharp_model(family: str):
+    """The tiny model with its weights ×3, so that the pre-activations leave the activation functions' nearly
+    linear range around 0 (there scaling a pre-activation by k is almost scaling the activation by k)."""
+    model = tiny_model(family)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "embed" not in name and "wte" not in name and "wpe" not in name:
+                parameter.mul_(3)
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("policy", POSITION_POLICIES)
+def test_pre_activation_scaling_matches_a_plain_forward_hook_reference(family, policy):
+    """With `pre_activation` neurons, cached batched generation scales the first projection's OUTPUT at the policy's
+    positions, as an uncached reference with plain forward hooks on that projection does; scaling the other
+    definition's neurons instead would not pass."""
+    model = _sharp_model(family)
+    adapter = adapter_for(model, "pre_activation")
+    factor = 0.0 if policy == "last_prompt" else 3.0
+    results = greedy_generate(model, PROMPTS, STEPS, stop_ids=[], neurons=NEURONS, factor=factor, policy=policy,
+                              gold_ids=GOLD, adapter=adapter)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    for prompt, neurons, gold, result in zip(PROMPTS, NEURONS, GOLD, results):
+        tokens, probs = _reference(model, prompt, neurons, factor, policy, STEPS, neuron="pre_activation")
+        assert result.generated_ids == tokens
+        assert result.gold_probs == pytest.approx([float(p[gold]) for p in probs], rel=1e-4, abs=1e-6)
+    # ×3 on the gate is not ×3 on act(gate) · up (SiLU, GELU): the other definition gives other numbers. OPT's ReLU
+    # is positively homogeneous (relu(3g) = 3 relu(g)), so there both definitions are the same intervention.
+    if factor != 0.0 and family != "opt":
+        other = greedy_generate(model, PROMPTS, STEPS, stop_ids=[], neurons=NEURONS, factor=factor, policy=policy,
+                                gold_ids=GOLD)
+        assert any(a.gold_probs != pytest.approx(b.gold_probs, rel=1e-3) for a, b in zip(results, other))
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt2", "opt"])
+def test_suppression_is_the_same_under_both_definitions(family):
+    """act(0) = 0 for SiLU, GELU and ReLU: zeroing a pre-activation zeroes the neuron's FFN input too."""
+    model = _sharp_model(family)
+    kwargs = dict(stop_ids=[], neurons=NEURONS, factor=0.0, policy="all", gold_ids=GOLD)
+    pre = greedy_generate(model, PROMPTS, STEPS, adapter=adapter_for(model, "pre_activation"), **kwargs)
+    ffn = greedy_generate(model, PROMPTS, STEPS, **kwargs)
+    for a, b in zip(pre, ffn):
+        assert a.generated_ids == b.generated_ids
+        assert a.gold_probs == pytest.approx(b.gold_probs, rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

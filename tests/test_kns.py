@@ -81,3 +81,11 @@ def test_facts_are_shared_across_items_and_sharded_stably():
         assigned = [shard_of(fid, shards) for fid in facts]
         assert all(0 <= s < shards for s in assigned)
         assert assigned == [shard_of(fid, shards) for fid in facts]
+
+
+def test_the_neuron_definition_is_recorded():
+    neurons, prompts = frames(ROWS)
+    _, info = select_kns(neurons, prompts, Selection(0.2, 0.5, False, (2, 5)), store_threshold=0.1)
+    assert info["neuron"] == "ffn_input"
+    _, info = select_kns(neurons, prompts, Selection(0.2, 0.5, False, (2, 5)), 0.1, neuron="pre_activation")
+    assert info["neuron"] == "pre_activation"

@@ -346,6 +346,7 @@ def test_runtime_knobs_rerun_nothing(tiny_run):
         ("recall", "bootstrap_resamples", 200, {"recall", "scoreboard", "recall_metrics", "intervention_summary",
                                                "intervention_metrics", "report"}),
         ("attribution", "steps", 4, ATTRIBUTION_RULES),
+        ("attribution", "neuron", "pre_activation", ATTRIBUTION_RULES),
         ("world_model", "epochs", 2, {"train_world_model"} | ANSWER_RULES | ATTRIBUTION_RULES),
         ("world", "shortcut_fraction", 0.25, ALL_RULES),
     ],
@@ -358,3 +359,49 @@ def test_science_params_rerun_exactly_their_dependents(tiny_run, block, key, val
     finally:
         (tiny_run / "params.yaml").write_text(original)
     assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
+
+
+# one output of each rule whose params are checked below
+RULE_OUTPUTS = {"answer": "results/predictions/world.parquet", "attribute": "results/attribution/world/shard-0000.parquet",
+                "select_kns": "results/kns/world.parquet", "measure": "results/recall/world/activations.parquet",
+                "recall": "results/recall/world/recall.parquet", "intervene": "results/interventions/world/shard-0000.parquet",
+                "intervention_summary": "results/interventions/world/summary.json",
+                "causal_effects": "results/interventions/world/causal.parquet",
+                "scoreboard": "results/recall/world/scoreboard.json", "report": "results/report/index.html"}
+
+
+def test_the_neuron_definition_is_a_param_of_exactly_the_rules_that_read_neurons(tiny_run):
+    """attribution.neuron is in the params of attribute, of select_kns (which records it), and of every other rule
+    that loads a model and reads or scales neurons (measure, causal_effects, intervene); besides them only of the
+    report, which shows every parameter. Not of answer (it loads the model but reads no neuron) nor of the rules
+    that only read files. A dry run allowed to run one rule only schedules it exactly when its own params changed
+    (otherwise every rule after attribute would be scheduled for its updated inputs)."""
+    original = (tiny_run / "params.yaml").read_text()
+    try:
+        edit_params(tiny_run, "attribution", "neuron", "pre_activation")
+        rerun = {rule for rule, output in RULE_OUTPUTS.items()
+                 if scheduled_jobs(snakemake(tiny_run, "-n", "--allowed-rules", rule, "--", output).stdout)}
+    finally:
+        (tiny_run / "params.yaml").write_text(original)
+    assert rerun == {"attribute", "select_kns", "measure", "intervene", "causal_effects", "report"}
+
+
+def test_a_run_with_pre_activation_neurons(tiny_run, tmp_path):
+    """The workflow with `attribution.neuron: pre_activation` (on a copy of the tiny run) through every rule that
+    reads or scales neurons: the KN file records the definition, the later phases accept it, and a second run has
+    nothing to do."""
+    project = tmp_path / "proj"
+    shutil.copytree(tiny_run, project, symlinks=True)
+    edit_params(project, "attribution", "neuron", "pre_activation")
+    targets = ["results/metrics/attribution.json", "results/recall/world/activations.parquet",
+               "results/interventions/world/causal.parquet", "results/interventions/world/shard-0000.parquet",
+               "results/interventions/world/shard-0001.parquet"]
+    snakemake(project, *targets)
+    meta = json.loads(pq.read_schema(project / "results" / "kns" / "world.parquet").metadata[b"knrecall"])
+    assert meta["thresholds"]["neuron"] == "pre_activation"
+    assert meta["params"]["attribution"]["neuron"] == "pre_activation"
+    summary = json.loads((project / "results" / "metrics" / "attribution.json").read_text())
+    assert summary["models"]["world"]["thresholds"]["neuron"] == "pre_activation"
+    for path in targets[1:]:
+        assert pl.read_parquet(project / path).height > 0, path
+    assert scheduled_jobs(snakemake(project, "-n", *targets).stdout) == {}

@@ -7,6 +7,8 @@ assuming 4 x hidden fails. Token ids 0/2/3 are pad/BOS/EOS, as in `knrecall.worl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +26,18 @@ FAMILIES = GATED_FAMILIES + ("gpt2", "gptj", "gpt_neox", "opt")
 WIDTHS = {family: 48 if family in GATED_FAMILIES else 40 for family in FAMILIES}
 
 _TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+
+# Written out here, independently of knrecall.models.adapters: the module of decoder layer {i} whose OUTPUT, before
+# the activation function, holds the `pre_activation` neurons. Phi-3's `gate_up_proj` outputs [gate, up]: the
+# neurons are its first half.
+PRE_ACTIVATION_MODULES = {
+    **{family: "model.layers.{i}.mlp.gate_proj" for family in GATED_FAMILIES},
+    "phi3": "model.layers.{i}.mlp.gate_up_proj",
+    "gpt2": "transformer.h.{i}.mlp.c_fc",
+    "gptj": "transformer.h.{i}.mlp.fc_in",
+    "gpt_neox": "gpt_neox.layers.{i}.mlp.dense_h_to_4h",
+    "opt": "model.decoder.layers.{i}.fc1",
+}
 
 
 def _config_kwargs(family: str) -> dict:
@@ -69,3 +83,33 @@ def tiny_model_dir(family: str, path: str | Path, seed: int = 0) -> Path:
     tiny_model(family, seed).save_pretrained(path, safe_serialization=True)
     build_tokenizer(["a b c"]).save_pretrained(path)
     return path
+
+
+@contextmanager
+def explicit_pre_activation_hooks(model: PreTrainedModel, fn: Callable, batch: int = 1) -> Iterator[None]:
+    """Plain forward hooks, placed here and not by knrecall, on every layer's pre-activation module (see
+    `PRE_ACTIVATION_MODULES`): `fn(layer, gate)` sees the [batch, seq, width] pre-activations (Phi-3: the gate half;
+    OPT's flattened [batch * seq, width] viewed with `batch` rows) and returns a replacement or None."""
+    family = model.config.model_type
+    modules = dict(model.named_modules())
+    handles = []
+
+    def make(layer: int):
+        def hook(module, args, output):
+            gate, up = output.chunk(2, dim=-1) if family == "phi3" else (output, None)
+            shaped = gate.view(batch, -1, gate.shape[-1]) if gate.dim() == 2 else gate
+            new = fn(layer, shaped)
+            if new is None:
+                return None
+            new = new.reshape(gate.shape)
+            return torch.cat([new, up], dim=-1) if up is not None else new
+
+        return hook
+
+    try:
+        for layer in range(model.config.num_hidden_layers):
+            handles.append(modules[PRE_ACTIVATION_MODULES[family].format(i=layer)].register_forward_hook(make(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -33,7 +33,7 @@ import torch
 from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs
 from knrecall.attribution.quadrature import quadrature
 from knrecall.attribution.target import target_values
-from knrecall.models.adapters import FFNAdapter, hook_ffn_inputs
+from knrecall.models.adapters import FFNAdapter, hook_neurons
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _baseline(model, adapter, tokens, cache, real, lengths, golds, target, devic
     kwargs = {}
     if cache is not None:
         kwargs = {"cache": copy.deepcopy(cache), "attention_mask": _prefix_mask(real, 1, dtype)}
-    with torch.no_grad(), hook_ffn_inputs(model, adapter, capture):
+    with torch.no_grad(), hook_neurons(model, adapter, capture):
         out = model(input_ids=tokens[:, None], position_ids=lengths[:, None], use_cache=cache is not None,
                     logits_to_keep=1, **kwargs)
     f_base = target_values(out.logits[:, -1], golds, target)
@@ -156,7 +156,7 @@ def _rows_pass(model, adapter, tokens, cache, real, lengths, acts, rows, alphas,
         blocked = torch.finfo(dtype).min
         eye = torch.eye(n, dtype=torch.bool, device=device)
         kwargs = {"attention_mask": torch.where(eye, 0.0, blocked).to(dtype)[None, None].expand(batch, 1, n, n)}
-    with torch.enable_grad(), hook_ffn_inputs(model, adapter, replace):
+    with torch.enable_grad(), hook_neurons(model, adapter, replace):
         out = model(input_ids=ids, position_ids=positions, use_cache=cache is not None, logits_to_keep=0, **kwargs)
         f = target_values(out.logits.reshape(batch * n, -1), golds.repeat_interleave(n), target).view(batch, n)
         grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []

@@ -1,6 +1,7 @@
 """The attribution engine: per-layer integrated gradients of one prompt, computed the fast way (DESIGN.md §6).
 
-Per layer l (Dai et al. 2022), the FFN activations w̄ at the predicting position are scaled by α (every other layer
+Per layer l (Dai et al. 2022), the FFN activations w̄ (the neurons as the adapter defines them: `ffn_input` or
+`pre_activation`) at the predicting position are scaled by α (every other layer
 and position untouched) and neuron i gets  attr_i = w̄_i · Σ_k ω_k ∂f(α_k w̄)/∂w_i  (quadrature nodes α_k, weights
 ω_k). Causality makes this cheap: scaling happens at the last position only, so nothing before it changes.
 
@@ -16,7 +17,7 @@ and position untouched) and neuron i gets  attr_i = w̄_i · Σ_k ω_k ∂f(α_k
 - A multi-token answer is teacher-forced: the cache is extended with each gold token instead of re-running the
   prompt, and the map is the mean of the per-token maps.
 
-Weights never require grad; hooks are always removed (`hook_ffn_inputs`); the HF cache is copied before reuse.
+Weights never require grad; hooks are always removed (`hook_neurons`); the HF cache is copied before reuse.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from knrecall.attribution.quadrature import quadrature
 from knrecall.attribution.target import target_values
 from knrecall.errors import KnrecallError
-from knrecall.models.adapters import FFNAdapter, hook_ffn_inputs
+from knrecall.models.adapters import FFNAdapter, hook_neurons
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _baseline(model, adapter, token: int, cache, gold: int, target: str, device)
         captured[layer] = ffn_input[0, -1].detach().clone()
         return None
 
-    with torch.no_grad(), hook_ffn_inputs(model, adapter, capture):
+    with torch.no_grad(), hook_neurons(model, adapter, capture):
         out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
     f_base = float(target_values(out.logits[:, -1], gold, target)[0])
     acts = torch.stack([captured[layer] for layer in range(len(captured))])
@@ -155,7 +156,7 @@ def _rows_pass(model, adapter, token, cache, prefix_len, acts, rows, alphas, wei
     ids = torch.full((1, n), token, dtype=torch.long, device=device)
     positions = torch.full((1, n), prefix_len, dtype=torch.long, device=device)
     mask = _row_mask(prefix_len, n, next(model.parameters()).dtype, device)
-    with torch.enable_grad(), hook_ffn_inputs(model, adapter, replace):
+    with torch.enable_grad(), hook_neurons(model, adapter, replace):
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=row_cache, use_cache=True,
                     logits_to_keep=0)
         f = target_values(out.logits[0], gold, target)

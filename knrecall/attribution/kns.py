@@ -70,8 +70,11 @@ def choose_p(coarse: pl.DataFrame, prompts_per_fact: pl.DataFrame, selection: Se
     return best[0], False
 
 
-def select_kns(neurons: pl.DataFrame, prompts: pl.DataFrame, selection: Selection, store_threshold: float):
-    """(kns table, info). `prompts`: one row per attributed prompt (fact_id, paraphrase, max_attribution)."""
+def select_kns(neurons: pl.DataFrame, prompts: pl.DataFrame, selection: Selection, store_threshold: float,
+               neuron: str = "ffn_input"):
+    """(kns table, info). `prompts`: one row per attributed prompt (fact_id, paraphrase, max_attribution);
+    `neuron`: the neuron definition the attributions were made under (`attribution.neuron`), recorded in `info`
+    (and so in the KN file's metadata, which the phases that read neurons check)."""
     if selection.coarse_threshold < store_threshold:
         raise KnrecallError(
             f"coarse threshold t={selection.coarse_threshold} is below the storage threshold {store_threshold} "
@@ -96,6 +99,7 @@ def select_kns(neurons: pl.DataFrame, prompts: pl.DataFrame, selection: Selectio
         ]
     ).sort("fact_id", "level", "paraphrase", "layer", "neuron", nulls_last=True)
     info = {
+        "neuron": neuron,
         "coarse_threshold": selection.coarse_threshold,
         "refine_fraction": p,
         "refine_mode": "adaptive" if selection.adaptive else "fixed",

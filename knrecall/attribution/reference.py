@@ -12,7 +12,7 @@ import torch
 from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs
 from knrecall.attribution.quadrature import quadrature
 from knrecall.attribution.target import target_values
-from knrecall.models.adapters import FFNAdapter, hook_ffn_inputs
+from knrecall.models.adapters import FFNAdapter, hook_neurons
 
 
 def _full_forward(model, adapter, ids: torch.Tensor, pos: int, layer: int | None, values: torch.Tensor | None):
@@ -23,7 +23,7 @@ def _full_forward(model, adapter, ids: torch.Tensor, pos: int, layer: int | None
         new[:, pos, :] = values
         return new
 
-    with hook_ffn_inputs(model, adapter, replace):
+    with hook_neurons(model, adapter, replace):
         return model(input_ids=ids, use_cache=False).logits[:, pos]
 
 
@@ -52,7 +52,7 @@ def attribute_prompt_naive(
         def capture(index: int, ffn_input: torch.Tensor):
             captured[index] = ffn_input[0, pos].detach().clone()
 
-        with torch.no_grad(), hook_ffn_inputs(model, adapter, capture):
+        with torch.no_grad(), hook_neurons(model, adapter, capture):
             f_base = float(target_values(model(input_ids=ids, use_cache=False).logits[:, pos], gold, target)[0])
         acts = torch.stack([captured[index] for index in range(n_layers)])
         attr = torch.zeros(n_layers, width, dtype=torch.float64)

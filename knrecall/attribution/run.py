@@ -72,6 +72,7 @@ class AttributionSettings:
     target: str
     store_threshold: float
     full_maps: bool
+    neuron: str = "ffn_input"  # attribution.neuron: ffn_input | pre_activation (knrecall.models.adapters)
 
 
 def neuron_rows(ig: LayerwiseIG, store_threshold: float, full_maps: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,7 @@ def attribute_shard(items: list[Item], model, tokenizer, templates: dict[str, st
     limit = getattr(model.config, "max_position_embeddings", None)
     facts, _ = facts_of(items)
     mine = [fact for fact in facts.values() if shard_of(fact.fact_id, shards) == shard]
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, settings.neuron)
     n_prompts = sum(len(f.questions) for f in mine)
     log.info("shard %d/%d: %d facts, %d prompts", shard, shards, len(mine), n_prompts)
     neurons: dict[str, list] = {name: [] for name in NEURONS_SCHEMA.names}

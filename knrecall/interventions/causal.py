@@ -81,10 +81,11 @@ def _contexts(items: list[Item], predictions: pl.DataFrame, tokenizer, limit: in
 
 
 def causal_effects(items: list[Item], predictions: pl.DataFrame, refined: dict[str, list[Neuron]], model, tokenizer,
-                   suppress_factor: float, random_seeds: int, model_name: str, batch_size: int = 64
-                   ) -> tuple[pl.DataFrame, list[Skip]]:
-    """(the per-item causal table, the skipped contexts); see the module docstring."""
-    adapter = adapter_for(model)
+                   suppress_factor: float, random_seeds: int, model_name: str, batch_size: int = 64,
+                   neuron: str = "ffn_input") -> tuple[pl.DataFrame, list[Skip]]:
+    """(the per-item causal table, the skipped contexts); see the module docstring. `neuron` is the neuron
+    definition the KNs were found under (`attribution.neuron`)."""
+    adapter = adapter_for(model, neuron)
     width = adapter.width(model)
     kn_sets = item_kn_sets(items, refined)
     skipped: list[Skip] = []

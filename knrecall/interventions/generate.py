@@ -1,7 +1,9 @@
 """Greedy generation with a KV cache while knowledge-neuron activations are scaled (DESIGN.md §4, "Interventions").
 
-An intervention multiplies the activations of chosen FFN neurons (each row of a batch has its own neurons, `Scaling`)
-by a factor, at the positions a POSITION POLICY names. With a prompt of P tokens and n generated tokens, the
+An intervention multiplies the activations of chosen FFN neurons (as the adapter defines them: the output
+projection's input, or with `pre_activation` the first projection's output, which a forward hook on that projection
+replaces; each row of a batch has its own neurons, `Scaling`) by a factor, at the positions a POSITION POLICY
+names. With a prompt of P tokens and n generated tokens, the
 positions the model reads are 0 .. P + n - 2 (the last generated token is never read back); position p is the one
 whose output predicts token p + 1. The policies, as sets of those positions:
 
@@ -17,7 +19,7 @@ first forward and nothing during decoding; `all_generated` that column and every
 
 Everything a forward reads is fed with explicit `position_ids` (real tokens of every row at 0, 1, ... as in an
 unbatched call) and an attention mask that hides the pads; families whose forward takes no `position_ids` derive
-them from the mask. Hooks are removed afterwards, also when the forward raises (`hook_ffn_inputs`).
+them from the mask. Hooks are removed afterwards, also when the forward raises (`hook_neurons`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from knrecall.errors import KnrecallError
-from knrecall.models.adapters import FFNAdapter, adapter_for, hook_ffn_inputs
+from knrecall.models.adapters import FFNAdapter, adapter_for, hook_neurons
 
 POSITION_POLICIES = ("last_prompt", "all_generated", "all")
 
@@ -203,7 +205,7 @@ def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     probs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     alive = torch.arange(batch, device=device)  # the rows still in the batch, in its order
-    with hook_ffn_inputs(model, adapter, scale):
+    with hook_neurons(model, adapter, scale):
         kwargs = {"position_ids": first_positions} if with_positions else {}
         if cache is not None:
             kwargs["cache"] = cache

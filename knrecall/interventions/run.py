@@ -101,6 +101,7 @@ class Settings:
     few_shot_k: int
     seed: int
     max_items: int | None = None
+    neuron: str = "ffn_input"  # attribution.neuron: the definition the KNs were found under
 
 
 def interventions(settings: Settings) -> list[Intervention]:
@@ -179,7 +180,7 @@ def run_shard(items: list[Item], refined: dict[str, list[Neuron]], model, tokeni
     `skipped`."""
     if shards < 1 or not 0 <= shard < shards:
         raise KnrecallError(f"interventions: shard {shard} is not in 0..{shards - 1}")
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, settings.neuron)
     width = adapter.width(model)
     kn_sets = item_kn_sets(items, refined)
     plan_all = interventions(settings)

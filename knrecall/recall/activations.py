@@ -1,10 +1,12 @@
 """FFN neuron activations at chosen positions of chosen sequences (DESIGN.md §4, "KN activation score").
 
-What is measured. A neuron is one component of the INPUT of a decoder layer's FFN output projection at one token
-position (`down_proj` for gated MLPs, `c_proj` for GPT-2, `fc_out` for GPT-J, `dense_4h_to_h` for GPT-NeoX, `fc2`
-for OPT). Which module that is for a model is decided by one adapter per family
-(`knrecall.models.adapters.adapter_for`); this module is family-agnostic and reads the activations through
-`hook_ffn_inputs`. Neuron (l, i) is component i of layer l's FFN input, 0 <= i < width = the adapter's width.
+What is measured. A neuron is, by default (`attribution.neuron: ffn_input`), one component of the INPUT of a
+decoder layer's FFN output projection at one token position (`down_proj` for gated MLPs, `c_proj` for GPT-2,
+`fc_out` for GPT-J, `dense_4h_to_h` for GPT-NeoX, `fc2` for OPT); with `pre_activation`, one component of the
+OUTPUT of the FFN's first projection, before the activation function (`gate_proj`, `c_fc`, ...). Which module that
+is for a model is decided by the adapter (`knrecall.models.adapters.adapter_for(model, neuron)`); this module is
+family-agnostic and reads the activations through `hook_neurons`. Neuron (l, i) is component i of layer l's
+neurons, 0 <= i < width = the adapter's width.
 
 Inputs. Each sequence is a list of token ids (a full prompt, or prompt + generated tokens), and each of its
 positions indexes into that UNPADDED sequence: 0 is its first token, len(sequence) - 1 its last (negative positions
@@ -35,7 +37,7 @@ import torch
 from torch import nn
 
 from knrecall.errors import KnrecallError
-from knrecall.models.adapters import FFNAdapter, adapter_for, hook_ffn_inputs
+from knrecall.models.adapters import FFNAdapter, adapter_for, hook_neurons
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def activations_at(model: nn.Module, adapter: FFNAdapter | None, sequences: list
                 captured[layer] = ffn_input[row_index, column_index][:, selected].float().cpu()
             return None
 
-        with hook_ffn_inputs(model, adapter, capture):
+        with hook_neurons(model, adapter, capture):
             model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
                   use_cache=False, **extra)
         missing = [layer for layer in neuron_index if layer not in captured]

@@ -66,11 +66,13 @@ def _variants(tokenizer, entity: str, aliases) -> list[list[int]]:
 
 def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, model, tokenizer,
             templates: dict[str, str], null_per_fact: int, seed: int, batch_size: int = 16,
-            profile_items: int = 0, *, wrap: Callable[[str], str] | None = None, skipped: list[Skip] | None = None):
-    """(baselines, activations, steps, profile) tables; see the README for their columns."""
+            profile_items: int = 0, neuron: str = "ffn_input", *, wrap: Callable[[str], str] | None = None,
+            skipped: list[Skip] | None = None):
+    """(baselines, activations, steps, profile) tables; see the README for their columns. `neuron` is the
+    neuron definition the KNs were found under (`attribution.neuron`)."""
     wrap = wrap or (lambda prompt: prompt)
     limit = getattr(model.config, "max_position_embeddings", None)
-    adapter = adapter_for(model)
+    adapter = adapter_for(model, neuron)
     facts, links = facts_of(items)
     sets = refined_sets(kns)
     # only the neurons that are some fact's KN are read; column j of every vector is neuron pairs[j]

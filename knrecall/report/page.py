@@ -264,7 +264,8 @@ def _ci(ci: Any) -> str:
 def _attribution(section: dict[str, Any]) -> str:
     a = section["attribution"]
     k = a.get("kns_per_fact", {})
-    rows = [["prompts attributed", _e(a.get("prompts_attributed"))], ["facts", _e(a.get("facts"))],
+    rows = [["neuron definition", _e(a.get("thresholds", {}).get("neuron", "ffn_input"))],
+            ["prompts attributed", _e(a.get("prompts_attributed"))], ["facts", _e(a.get("facts"))],
             ["KNs per fact (mean / median / min / max)",
              f"{_f(k.get('mean'), None, 1)} / {_e(k.get('median'))} / {_e(k.get('min'))} / {_e(k.get('max'))}"],
             ["facts without KNs", _e(k.get("facts_without_kns"))],
