@@ -95,7 +95,8 @@ def _causal(own: pl.DataFrame, causal: pl.DataFrame, resamples: int, seed: int) 
 
 
 def _ground_truth(own: pl.DataFrame, pathways: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
-    joined = own.select("case_id", "delta").join(pathways.select("case_id", "pathway"), on="case_id").drop_nulls()
+    joined = (own.select("case_id", "delta").join(pathways.select("case_id", "pathway"), on="case_id").drop_nulls()
+              .sort("case_id"))  # a fixed order: the seeded bootstrap resamples by position
     composed = joined.filter(pl.col("pathway") == "composed")["delta"].to_numpy()
     shortcut = joined.filter(pl.col("pathway") == "shortcut")["delta"].to_numpy()
     out: dict[str, Any] = {"pathway_auc": _r(auc(composed, shortcut)),
@@ -165,7 +166,7 @@ def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFr
         row.update(_ground_truth(own, paths_by.get((condition,), pathways.clear()), resamples, seed))
         rows.append(row)
     pathway_counts = {c: {k: int((g["pathway"] == k).sum()) for k in ("composed", "shortcut", "neither")}
-                      for (c,), g in pathways.group_by(["condition"])}
+                      for (c,), g in pathways.sort("condition").group_by(["condition"], maintain_order=True)}
     return {"variants": list(MODES), "positions": list(POSITIONS), "rows": rows,
             "rule": {**choose(rows), "configured": dict(configured)},
             "causal": causal_summary(causal, resamples, seed), "pathways": pathway_counts}
