@@ -26,19 +26,25 @@ def family_model(request):
     return request.param, tiny_model(request.param)
 
 
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("answer", [SINGLE, MULTI], ids=["single-token", "multi-token"])
-def test_engine_equals_naive_for_every_family(family_model, answer, rule):
-    family, model = family_model
-    adapter = adapter_for(model)
+def _assert_engine_equals_naive(family, model, adapter, answer, rule):
+    """The fast engine's maps, activations and target deltas equal the naive reference's (and are not all zero)."""
     fast = attribute_prompt(model, adapter, PROMPT, answer, steps=6, rule=rule, max_rows=5)
     naive = attribute_prompt_naive(model, adapter, PROMPT, answer, steps=6, rule=rule)
     assert relative_difference(fast.attributions, naive.attributions) < 1e-5, family
     assert relative_difference(fast.activations, naive.activations) < 1e-5
     assert torch.allclose(fast.target_deltas, naive.target_deltas, rtol=1e-5, atol=1e-7)
     assert fast.base_target == pytest.approx(naive.base_target, rel=1e-5)
-    assert fast.n_answer_tokens == len(answer)
     assert fast.attributions.abs().max() > 0  # not trivially equal
+    return fast
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("answer", [SINGLE, MULTI], ids=["single-token", "multi-token"])
+def test_engine_equals_naive_for_every_family(family_model, answer, rule):
+    family, model = family_model
+    adapter = adapter_for(model)
+    fast = _assert_engine_equals_naive(family, model, adapter, answer, rule)
+    assert fast.n_answer_tokens == len(answer)
     assert not any(p.requires_grad for p in model.parameters())
     assert all(not layer._forward_pre_hooks for layer in adapter.layers(model))
 
@@ -52,13 +58,7 @@ def _no_hooks_left(model) -> bool:
 def test_engine_equals_naive_with_pre_activation_neurons_for_every_family(family_model, answer, rule):
     family, model = family_model
     adapter = adapter_for(model, "pre_activation")
-    fast = attribute_prompt(model, adapter, PROMPT, answer, steps=6, rule=rule, max_rows=5)
-    naive = attribute_prompt_naive(model, adapter, PROMPT, answer, steps=6, rule=rule)
-    assert relative_difference(fast.attributions, naive.attributions) < 1e-5, family
-    assert relative_difference(fast.activations, naive.activations) < 1e-5
-    assert torch.allclose(fast.target_deltas, naive.target_deltas, rtol=1e-5, atol=1e-7)
-    assert fast.base_target == pytest.approx(naive.base_target, rel=1e-5)
-    assert fast.attributions.abs().max() > 0
+    fast = _assert_engine_equals_naive(family, model, adapter, answer, rule)
     assert _no_hooks_left(model)
     # the activations are the first projection's outputs (read by a plain forward hook) at the predicting position
     seen = {}

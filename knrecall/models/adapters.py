@@ -87,26 +87,28 @@ def _config_of(model_or_config):
     return getattr(model_or_config, "config", model_or_config)
 
 
-def input_width(module: nn.Module) -> int:
-    """The real input width of an output projection, from its weight (Conv1D: [in, out]; nn.Linear: [out, in])."""
+def _projection_width(module: nn.Module, side: str) -> int:
+    """The real input (`side` "in") or output ("out") width of a projection, from its weight (Conv1D: [in, out];
+    nn.Linear: [out, in]), or a Linear-like wrapper's in_features / out_features (e.g. quantized layers)."""
+    conv_axis, linear_axis = (0, 1) if side == "in" else (1, 0)
     if isinstance(module, Conv1D):
-        return int(module.weight.shape[0])
+        return int(module.weight.shape[conv_axis])
     if isinstance(module, nn.Linear):
-        return int(module.weight.shape[1])
-    if hasattr(module, "in_features"):  # Linear-like wrappers (e.g. quantized layers)
-        return int(module.in_features)
-    raise KnrecallError(f"cannot tell the input width of FFN output projection {type(module).__name__}")
+        return int(module.weight.shape[linear_axis])
+    if hasattr(module, f"{side}_features"):
+        return int(getattr(module, f"{side}_features"))
+    what = "input width of FFN output projection" if side == "in" else "output width of FFN projection"
+    raise KnrecallError(f"cannot tell the {what} {type(module).__name__}")
+
+
+def input_width(module: nn.Module) -> int:
+    """The real input width of an output projection."""
+    return _projection_width(module, "in")
 
 
 def output_width(module: nn.Module) -> int:
-    """The real output width of a projection, from its weight (Conv1D: [in, out]; nn.Linear: [out, in])."""
-    if isinstance(module, Conv1D):
-        return int(module.weight.shape[1])
-    if isinstance(module, nn.Linear):
-        return int(module.weight.shape[0])
-    if hasattr(module, "out_features"):  # Linear-like wrappers (e.g. quantized layers)
-        return int(module.out_features)
-    raise KnrecallError(f"cannot tell the output width of FFN projection {type(module).__name__}")
+    """The real output width of a projection."""
+    return _projection_width(module, "out")
 
 
 @dataclass(frozen=True)
