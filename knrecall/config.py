@@ -187,6 +187,12 @@ class ValidationParams(Strict):
         "..., seed + world_seeds - 1), to test whether each scoreboard finding replicates across worlds; a finding is "
         "robust only when every seed agrees in sign. Not part of the default run.",
     )
+    subject_site_items: int = Field(
+        240, ge=0,
+        description="Items (every pathway-revealing item, then a seeded sample of the others) whose hop-1 facts are "
+        "attributed once more at the subject's last token of the single-hop prompts, for the scoreboard's "
+        "subject-site variant (results/recall/{model}/subject_site.json); 0 turns the variant off.",
+    )
 
 
 class Params(Strict):

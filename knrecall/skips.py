@@ -15,7 +15,9 @@ Reasons (`REASONS`, a closed vocabulary so the counts can be compared across run
 - `no_exemplars`: few_shot_cot has fewer usable exemplars than `answer.few_shot_exemplars`;
 - `answer_tokens`: the answer cannot be tokenized after its prompt (empty, a special or unknown token, or the
   tokenizer merges across the prompt/answer boundary; `knrecall.targets`);
-- `prompt_too_long`: the prompt (with the tokens to generate, or the answer) does not fit this model's context.
+- `prompt_too_long`: the prompt (with the tokens to generate, or the answer) does not fit this model's context;
+- `subject_not_found`: the subject-site variant (`knrecall.validation.subject_site`) does not find the subject's
+  tokens in a single-hop prompt.
 
 Pure Python (no torch): the metrics and report code read these records too.
 """
@@ -32,8 +34,8 @@ import pyarrow as pa
 
 log = logging.getLogger("knrecall.skips")
 
-REASONS = ("no_conflict_candidate", "no_exemplars", "answer_tokens", "prompt_too_long")
-PHASES = ("answer", "attribute", "measure", "causal", "intervene")
+REASONS = ("no_conflict_candidate", "no_exemplars", "answer_tokens", "prompt_too_long", "subject_not_found")
+PHASES = ("answer", "attribute", "measure", "causal", "intervene", "subject_site")
 
 SKIPPED_SCHEMA = pa.schema(
     [

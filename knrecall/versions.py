@@ -13,6 +13,7 @@ IMPLEMENTATION = {
     "recall": 2,
     "interventions": 2,
     "causal": 1,
-    "scoreboard": 1,
+    "scoreboard": 2,
+    "subject_site": 1,
     "report": 1,
 }

@@ -26,6 +26,7 @@ TINY_PARAMS = {
     "answer": {"conditions": ["direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2"],
                "max_new_tokens": 3, "cot_max_new_tokens": 6},
     "interventions": {"random_seeds": 2},
+    "validation": {"subject_site_items": 12},  # the subject-site variant on a few items (the tiny model has 1 layer)
 }
 
 

@@ -51,7 +51,7 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
     assert "up to date" in dvc(clone, "status").stdout
 
     edit_params(clone, "answer", "max_new_tokens", 5)
-    recall = {"measure", "recall", "causal_effects", "scoreboard", "recall_metrics", "report"}
+    recall = {"measure", "recall", "causal_effects", "subject_site", "scoreboard", "recall_metrics", "report"}
     interventions = {"intervene", "intervention_summary", "intervention_metrics"}
     assert set(scheduled_jobs(snakemake(clone, "-n").stdout)) == {"answer", "world_metrics"} | recall | interventions
     assert "answer" in dvc(clone, "status").stdout

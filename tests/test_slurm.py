@@ -27,7 +27,7 @@ from workflow_helpers import copy_workflow, scheduled_jobs, snakemake, tool_env
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = 600
-GPU_RULES = {"attribute": 2, "intervene": 2, "causal_effects": 1}  # rule -> its jobs in the tiny run
+GPU_RULES = {"attribute": 2, "intervene": 2, "causal_effects": 1, "subject_site": 1}  # rule -> its jobs in the tiny run
 COMPARED_TABLES = ["kns/world.parquet", "recall/world/recall.parquet", "predictions/world.parquet"]
 COMPARED_JSON = ["metrics/recall.json"]
 
@@ -153,7 +153,7 @@ def test_tiny_workflow_on_slurm_equals_a_local_run(slurm_cluster, tiny_reference
         calls = [line for line in sbatch if f"rule_{rule}_wildcards" in line]
         assert len(calls) == n_jobs and all(" --gpus=1" in line for line in calls), calls
     assert not [line for line in sbatch
-                if "--gpus" in line and not re.search(r"rule_(attribute|intervene|causal_effects)_", line)]
+                if "--gpus" in line and not re.search(r"rule_(attribute|intervene|causal_effects|subject_site)_", line)]
 
     inexact = []
     for name in COMPARED_TABLES:

@@ -320,3 +320,23 @@ def test_a_real_run_of_two_tiny_worlds(tmp_path):
     assert "Replication across worlds" in (results / "validate" / "index.html").read_text()
     assert not list((project / ".snakemake" / "locks").glob("*"))
     assert scheduled_jobs(snakemake(project, "-n", "validate_worlds").stdout) == {}  # nothing reruns
+
+
+def test_the_subject_site_rows_are_replicated_as_their_own_sources(three_seeds):
+    for seed, pathway in ((0, 0.62), (1, 0.58), (2, 0.41)):
+        board = three_seeds[seed]["recall"]["models"]["world"]["scoreboard"]
+        board["subject_site"] = {"items": 240, "rows": [row(variant="ratio", position="subject_last",
+                                                            pathway_auc=pathway, causal_spearman=0.2)],
+                                 "answer_site_rows": [row(variant="ratio", position="subject_last", pathway_auc=0.6)]}
+    result = replicate(three_seeds)
+    site = by_key(result, "pathway_auc", source="subject_site", condition="direct", hop=1, variant="ratio",
+                  position="subject_last")
+    assert site["per_seed"] == {"0": 0.62, "1": 0.58, "2": 0.41} and not site["agree"] and not site["robust"]
+    assert by_key(result, "causal_spearman", source="subject_site", variant="ratio", position="subject_last")["robust"]
+    usual = by_key(result, "pathway_auc", source="subject_site_usual", variant="ratio", position="subject_last")
+    assert usual["robust"] and usual["sign"] == "above"
+    assert result["summary"]["by_source"]["subject_site"]["n_robust"] == 1
+    # the scoreboard's own rows are not mixed with them
+    assert by_key(result, "pathway_auc", condition="direct", hop=1, variant="projection",
+                  position="last_prompt")["per_seed"]["0"] == 0.55
+    assert "Hop-1 KNs found at the subject" in render_html(result)

@@ -17,9 +17,9 @@ from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakema
 
 pytestmark = pytest.mark.slow
 
-RECALL_RULES = {"measure", "recall", "scoreboard", "recall_metrics", "report"}
+RECALL_RULES = {"measure", "recall", "subject_site", "scoreboard", "recall_metrics", "report"}
 INTERVENTION_RULES = {"intervene", "intervention_summary", "intervention_metrics", "report"}
-CAUSAL_RULES = {"causal_effects", "scoreboard", "recall_metrics", "report"}
+CAUSAL_RULES = {"causal_effects", "subject_site", "scoreboard", "recall_metrics", "report"}
 ANSWER_RULES = {"answer", "world_metrics"} | RECALL_RULES | CAUSAL_RULES
 ATTRIBUTION_RULES = {"attribute", "select_kns", "attribution_metrics"} | RECALL_RULES | INTERVENTION_RULES | CAUSAL_RULES
 ALL_RULES = {"generate_world", "train_world_model", "import_items"} | ANSWER_RULES | ATTRIBUTION_RULES
@@ -49,7 +49,7 @@ def test_paper_params_plan_three_models_side_by_side(tmp_path):
     shutil.copy2(ROOT / "tests" / "fixtures" / "tfrkn_real.json", project / "data" / "tfrkn.json")
     result = snakemake(project, "-n")
     per_model = {"answer": 1, "attribute": 2, "select_kns": 1, "measure": 1, "recall": 1, "intervene": 2,
-                 "intervention_summary": 1, "causal_effects": 1, "scoreboard": 1}
+                 "intervention_summary": 1, "causal_effects": 1, "subject_site": 1, "scoreboard": 1}
     once = {"import_items": 1, "attribution_metrics": 1, "recall_metrics": 1, "intervention_metrics": 1, "report": 1}
     assert scheduled_jobs(result.stdout) == {**{rule: 3 * n for rule, n in per_model.items()}, **once}
     for name in ("llama2-7b", "llama3-8b", "mistral-7b"):
@@ -163,6 +163,26 @@ def test_tiny_run_writes_recall_metrics(tiny_run):
     assert board["rule"]["configured"] == {"variant": "ratio", "position": "step"} and board["rule"]["text"]
     profile = pl.read_parquet(results / "recall" / "world" / "profile.parquet")
     assert profile.height > 0 and set(profile["kind"]) == {"item", "null"} and (profile["offset"] <= 0).all()
+
+
+def test_tiny_run_scores_the_subject_site_variant(tiny_run):
+    results = tiny_run / "results"
+    items = pl.read_parquet(results / "items.parquet")
+    site = json.loads((results / "metrics" / "recall.json").read_text())["models"]["world"]["scoreboard"]["subject_site"]
+    assert site["items"] == 12 and site["pathway_items"] == items["shortcut_conflicting"].sum()  # TINY_PARAMS
+    assert "case_ids" not in site and site["thresholds"]["prompts_attributed"] > 0
+    conditions = 5  # the tiny run answers under all five conditions; hop 1 only, every variant x position
+    assert len(site["rows"]) == len(site["answer_site_rows"]) == conditions * 4 * 3
+    assert {r["hop"] for r in site["rows"] + site["answer_site_rows"]} == {1}
+    assert all(r["sc_difference"] is None for r in site["rows"])
+    causal = pl.read_parquet(results / "interventions" / "world" / "subject_causal.parquet")
+    assert set(causal["hop"]) == {1} and causal["case_id"].n_unique() == site["items"]
+    # the tiny world model has ONE layer: what its FFN writes at the subject cannot reach the answer position, so
+    # IG at the subject is exactly zero and no fact has KNs there (the usual KNs exist); the method says so
+    assert site["thresholds"]["completeness_error_median"] == 0 and site["facts_without_kns"] == site["thresholds"]["facts"]
+    assert pl.read_parquet(results / "kns" / "world.subject.parquet").height == 0
+    assert pl.read_parquet(results / "kns" / "world.parquet").height > 0
+    assert causal["n_kns"].max() == 0 and causal["effect_kn"].is_null().all()
 
 
 def test_tiny_run_writes_intervention_metrics(tiny_run):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs
+from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs, row_plan
 from knrecall.attribution.quadrature import quadrature
 from knrecall.attribution.target import target_values
 from knrecall.models.adapters import FFNAdapter, hook_neurons
@@ -121,22 +121,7 @@ def _rows_pass(model, adapter, tokens, cache, real, lengths, acts, rows, alphas,
     """One chunk of (layer, step) rows for every unit of the group; step None means α = 0 (no gradient).
     Returns the IG partial sums [B, layers, width] (float64, CPU) and f(0 at l) per unit {layer: [B]}."""
     batch, n_layers, width = acts.shape
-    plan: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    leaves: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, step indices, leaf [B, steps, width])
-    zero_rows: dict[int, int] = {}
-    for layer in sorted({layer for layer, _ in rows}):
-        grad_rows = [i for i, (l, k) in enumerate(rows) if l == layer and k is not None]
-        if grad_rows:
-            steps = torch.tensor([rows[i][1] for i in grad_rows])
-            scale = alphas[steps].to(device=device, dtype=acts.dtype)
-            leaf = (scale[None, :, None] * acts[:, layer][:, None, :]).detach().requires_grad_(True)
-            leaves.append((layer, steps, leaf))
-            plan.setdefault(layer, []).append((torch.tensor(grad_rows, device=device), leaf))
-        for i, (l, k) in enumerate(rows):
-            if l == layer and k is None:
-                zero_rows[layer] = i
-                zeros = torch.zeros(batch, 1, width, dtype=acts.dtype, device=device)
-                plan.setdefault(layer, []).append((torch.tensor([i], device=device), zeros))
+    plan, leaves, zero_rows = row_plan(rows, alphas, acts, device)
 
     def replace(layer: int, ffn_input: torch.Tensor):
         if layer not in plan:

@@ -117,6 +117,30 @@ def _row_mask(prefix_len: int, rows: int, dtype, device) -> torch.Tensor:
     return mask[None, None]
 
 
+def row_plan(rows, alphas, acts: torch.Tensor, device):
+    """What the hook writes for a chunk of (layer, step) rows (step None: α = 0, no gradient), shared by the
+    engines. `acts` is w̄ as [layers, width], or [units, layers, width] with a batch of units. Returns
+    (plan {layer: [(row indices, values)]}, leaves [(layer, step indices, leaf)], zero_rows {layer: row index}); a
+    leaf is α_k·w̄ of its layer's rows, [steps, width] (or [units, steps, width]), requiring grad."""
+    plan: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    leaves: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    zero_rows: dict[int, int] = {}
+    for layer in sorted({layer for layer, _ in rows}):
+        own = acts[..., layer, None, :]  # [1, width] or [units, 1, width]
+        grad_rows = [i for i, (l, k) in enumerate(rows) if l == layer and k is not None]
+        if grad_rows:
+            steps = torch.tensor([rows[i][1] for i in grad_rows])
+            scale = alphas[steps].to(device=device, dtype=acts.dtype)
+            leaf = (scale[:, None] * own).detach().requires_grad_(True)
+            leaves.append((layer, steps, leaf))
+            plan.setdefault(layer, []).append((torch.tensor(grad_rows, device=device), leaf))
+        for i, (l, k) in enumerate(rows):
+            if l == layer and k is None:
+                zero_rows[layer] = i
+                plan.setdefault(layer, []).append((torch.tensor([i], device=device), torch.zeros_like(own)))
+    return plan, leaves, zero_rows
+
+
 def _rows_pass(model, adapter, token, cache, prefix_len, acts, rows, alphas, weights, gold, target, device):
     """One chunk of (layer, step) rows; step None means α = 0 (no gradient). Returns IG partial sums and f(0).
 
@@ -124,24 +148,7 @@ def _rows_pass(model, adapter, token, cache, prefix_len, acts, rows, alphas, wei
     is the last prompt token again, at the same position id, and a 4D mask lets each row attend to the prefix and
     to itself only. The prefix's keys and values are therefore shared by all rows instead of copied per row.
     """
-    width = acts.shape[1]
-    plan: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    leaves: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, step indices, leaf)
-    zero_rows: dict[int, int] = {}
-    for layer in sorted({layer for layer, _ in rows}):
-        grad_rows = [i for i, (l, k) in enumerate(rows) if l == layer and k is not None]
-        if grad_rows:
-            steps = torch.tensor([rows[i][1] for i in grad_rows])
-            scale = alphas[steps].to(device=device, dtype=acts.dtype)
-            leaf = (scale[:, None] * acts[layer][None, :]).detach().requires_grad_(True)
-            leaves.append((layer, steps, leaf))
-            plan.setdefault(layer, []).append((torch.tensor(grad_rows, device=device), leaf))
-        for i, (l, k) in enumerate(rows):
-            if l == layer and k is None:
-                zero_rows[layer] = i
-                plan.setdefault(layer, []).append(
-                    (torch.tensor([i], device=device), torch.zeros(1, width, dtype=acts.dtype, device=device))
-                )
+    plan, leaves, zero_rows = row_plan(rows, alphas, acts, device)
 
     def replace(layer: int, ffn_input: torch.Tensor):
         if layer not in plan:

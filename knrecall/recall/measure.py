@@ -148,7 +148,7 @@ def measure(items: list[Item], predictions: pl.DataFrame, kns: pl.DataFrame, mod
     for fid, case_id in pairs.iter_rows():  # only where that item was answered (and measured)
         blocks += [("null", fid, case_id, condition, role[fid]) for condition in conditions
                    if (case_id, condition) in sequence_of]
-    activations = _block_rows(blocks, sets, column, measured_at, sequence_of)
+    activations = block_rows(blocks, sets, column, measured_at, sequence_of)
     log.info("measured %d baselines, %d activations", len(baseline_rows), activations.height)
     baselines = pl.DataFrame(baseline_rows, schema=BASELINES_SCHEMA)
     profile = _profile(items, links, sets, baselines, step_rows, sequences, model, adapter, selection, column,
@@ -230,7 +230,7 @@ def _profile(items, links, sets, baselines, step_rows, sequences, model, adapter
     return pl.DataFrame(out, schema=PROFILE_SCHEMA)
 
 
-def _block_rows(blocks, sets, column, measured_at, sequence_of) -> pl.DataFrame:
+def block_rows(blocks, sets, column, measured_at, sequence_of) -> pl.DataFrame:
     """The activations table: for each block (kind, fact, item, condition, hop), one row per KN of the fact, in
     the order of the fact's KN list, read from the item's measured vector at the hop's step (vectorised)."""
     if not blocks:

@@ -242,6 +242,7 @@ def _trust(section: dict[str, Any]) -> str:
                   _table(["condition", "composed (o2)", "shortcut (o2′)", "neither"],
                          [[_e(c), _e(v.get("composed")), _e(v.get("shortcut")), _e(v.get("neither"))]
                           for c, v in board["pathways"].items()])]
+    parts.append(_subject_site(board.get("subject_site") or {}, configured))
     ranking = board.get("rule", {}).get("ranking", [])
     parts.append("<details><summary>The rule's ranking and the whole scoreboard</summary>"
                  + _table(["variant", "position", "mean causal ρ (rule conditions)"],
@@ -255,6 +256,32 @@ def _trust(section: dict[str, Any]) -> str:
                             _f(r.get("sc_difference"), r.get("sc_difference_ci"))] for r in board["rows"]])
                  + "</details>")
     return "\n".join(parts)
+
+
+def _subject_site(site: dict[str, Any], configured: dict[str, Any]) -> str:
+    """Hop 1 with KNs attributed at the subject vs at the answer position, on the same sampled items: the reported
+    variant at every position, all variants folded."""
+    if not site.get("rows"):
+        return ""
+
+    def line(label: str, r: dict[str, Any]) -> list[str]:
+        return [_e(label), _e(r["condition"]), _e(r["variant"]), _e(r["position"]),
+                _f(r.get("specificity_auc"), r.get("specificity_auc_ci")),
+                _f(r.get("causal_spearman"), r.get("causal_spearman_ci")), _f(r.get("break_auc"), r.get("break_auc_ci")),
+                _f(r.get("pathway_auc"), r.get("pathway_auc_ci")),
+                _e(_verdict(r, "causal_spearman", 0.0)), _e(_verdict(r, "pathway_auc", 0.5))]
+
+    both = [("subject", r) for r in site["rows"]] + [("answer position", r) for r in site.get("answer_site_rows", [])]
+    headers = ["KNs found at", "condition", "variant", "position", "specificity AUC", "causal ρ", "break AUC",
+               "pathway AUC", "causal: supported", "ground truth: supported"]
+    reported = [line(label, r) for label, r in both if r["variant"] == configured.get("variant")]
+    return (f"<h4>Hop 1 with KNs found at the subject ({_e(site.get('items'))} sampled items, "
+            f"{_e(site.get('pathway_items'))} pathway-revealing; {_e(site.get('kns_per_fact_mean'))} KNs per fact)</h4>"
+            '<p class="note">The hop-1 facts attributed again, at the subject\'s last token of the single-hop prompts '
+            "instead of the answer position, and compared with the usual hop-1 KNs on the same items "
+            "(results/recall/&lt;model&gt;/subject_site.json).</p>"
+            + _table(headers, reported)
+            + "<details><summary>Every variant</summary>" + _table(headers, [line(l, r) for l, r in both]) + "</details>")
 
 
 def _ci(ci: Any) -> str:

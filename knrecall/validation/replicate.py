@@ -11,7 +11,8 @@ Figures read (each may be missing or null in some seed; a missing key counts as 
 
 - `models.<m>.scoreboard.rows[]`: every numeric figure of a row (`specificity_auc`, `causal_spearman`,
   `break_auc`, `pathway_auc`, `sc_planted`, `sc_composed`, `sc_difference`, ...), keyed by condition, hop, variant
-  and position, with the row's `<figure>_ci` per seed;
+  and position, with the row's `<figure>_ci` per seed; the same for `scoreboard.subject_site.rows[]` (source
+  `subject_site`) and `scoreboard.subject_site.answer_site_rows[]` (source `subject_site_usual`);
 - `models.<m>.scoreboard.rule`: the variant x position the pre-registered rule chose in each seed;
 - `models.<m>.validation.<condition>`: `sc_shortcut_planted`, `sc_composed` and their difference (CI
   `sc_difference_ci`), `delta<h>_heldout_bridge`, `delta<h>_heldout_subject` and their difference (CI
@@ -28,7 +29,7 @@ import html
 import math
 from typing import Any, Iterable
 
-VERSION = 1  # the workflow passes it in params: bump when a change alters the aggregate
+VERSION = 2  # the workflow passes it in params: bump when a change alters the aggregate
 
 KEY_FIELDS = ("source", "condition", "hop", "variant", "position", "figure")
 ROBUST_TEXT = ("A figure is robust only when it is defined in every seed and every seed lies strictly on the same "
@@ -92,11 +93,20 @@ def seed_params(config: dict[str, Any], seed: int, model: str, model_spec: dict[
 # ------------------------------------------------------------------------------------------- collect per seed
 def _scoreboard_values(entry: dict) -> dict[tuple, tuple[float | None, list[float] | None]]:
     out: dict[tuple, tuple[float | None, list[float] | None]] = {}
-    rows = _dict(entry.get("scoreboard")).get("rows")
+    board = _dict(entry.get("scoreboard"))
+    site = _dict(board.get("subject_site"))
+    for source, rows in (("scoreboard", board.get("rows")), ("subject_site", site.get("rows")),
+                         ("subject_site_usual", site.get("answer_site_rows"))):
+        out.update(_row_values(source, rows))
+    return out
+
+
+def _row_values(source: str, rows: Any) -> dict[tuple, tuple[float | None, list[float] | None]]:
+    out: dict[tuple, tuple[float | None, list[float] | None]] = {}
     for row in rows if isinstance(rows, list) else []:
         if not isinstance(row, dict):
             continue
-        ident = ("scoreboard", row.get("condition"), _hop(row.get("hop")), row.get("variant"), row.get("position"))
+        ident = (source, row.get("condition"), _hop(row.get("hop")), row.get("variant"), row.get("position"))
         for name, value in row.items():
             if name in KEY_FIELDS or name.startswith("n_") or name.endswith("_ci"):
                 continue
@@ -176,7 +186,7 @@ def summarise(values: list[float | None], ref: float | None) -> dict[str, Any]:
     return out
 
 
-SOURCES = ("scoreboard", "validation", "pathways")
+SOURCES = ("scoreboard", "subject_site", "subject_site_usual", "validation", "pathways")
 
 
 def replicate(per_seed: dict[int, dict], model: str | None = None) -> dict[str, Any]:
@@ -306,7 +316,9 @@ def render_html(result: dict[str, Any]) -> str:
     parts.append(_table(["seed", "chosen variant × position", "configured"], rows))
     parts.append(f'<p>Same choice in every seed: <b>{_flag(result.get("same_choice_every_seed"))}</b></p>')
 
-    titles = {"scoreboard": "Scoreboard", "validation": "Ground-truth validation", "pathways": "Pathway shares"}
+    titles = {"scoreboard": "Scoreboard", "subject_site": "Hop-1 KNs found at the subject",
+              "subject_site_usual": "The usual hop-1 KNs on the subject-site items",
+              "validation": "Ground-truth validation", "pathways": "Pathway shares"}
     for (source, figure), rows in groups.items():
         robust = sum(bool(r.get("robust")) for r in rows)
         tail = f" ({robust} of {len(rows)} robust)" if rows[0]["reference"] is not None else " (no sign reference)"

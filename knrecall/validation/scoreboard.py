@@ -147,11 +147,11 @@ def causal_summary(causal: pl.DataFrame, resamples: int, seed: int) -> dict[str,
     return out
 
 
-def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFrame, null_scores: pl.DataFrame,
-               causal: pl.DataFrame, configured: dict[str, str], resamples: int, seed: int) -> dict[str, Any]:
-    """The scoreboard dict (module docstring) from the recall phase's long `scores` / `null_scores` tables, the
-    per-item causal table and the predictions (for the pathway answers)."""
-    pathways = pathway_answers(items, predictions)
+def board_rows(scores: pl.DataFrame, null_scores: pl.DataFrame, causal: pl.DataFrame, pathways: pl.DataFrame,
+               resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One scoreboard row per (condition, hop, variant, position) of `scores` (the recall phase's long table, with
+    `category`, `shortcut_planted`, `composable`), from its nulls, the per-item causal table and the pathway
+    answers (`pathway_answers`)."""
     rows: list[dict[str, Any]] = []
     scores = scores.sort("condition", "hop", "variant", "position", "case_id")
     nulls = {key: g for key, g in null_scores.group_by(["condition", "variant", "position"])}
@@ -165,6 +165,15 @@ def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFr
         row.update(_causal(own, causal_by.get((condition, hop), empty_causal), resamples, seed))
         row.update(_ground_truth(own, paths_by.get((condition,), pathways.clear()), resamples, seed))
         rows.append(row)
+    return rows
+
+
+def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFrame, null_scores: pl.DataFrame,
+               causal: pl.DataFrame, configured: dict[str, str], resamples: int, seed: int) -> dict[str, Any]:
+    """The scoreboard dict (module docstring) from the recall phase's long `scores` / `null_scores` tables, the
+    per-item causal table and the predictions (for the pathway answers)."""
+    pathways = pathway_answers(items, predictions)
+    rows = board_rows(scores, null_scores, causal, pathways, resamples, seed)
     pathway_counts = {c: {k: int((g["pathway"] == k).sum()) for k in ("composed", "shortcut", "neither")}
                       for (c,), g in pathways.sort("condition").group_by(["condition"], maintain_order=True)}
     return {"variants": list(MODES), "positions": list(POSITIONS), "rows": rows,

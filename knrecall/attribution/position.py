@@ -1,0 +1,120 @@
+"""Integrated gradients of the neurons at an earlier prompt position, for the same target (DESIGN.md §6).
+
+The engine (`knrecall.attribution.engine`) scales the neurons at the predicting position, the prompt's last token:
+nothing before it changes, so every IG row is that one token against the cached prefix. Scaling the neurons at an
+earlier position p (e.g. the subject's last token, `knrecall.validation.subject_site`) changes every later
+position, so here each row is the whole suffix context[p:]:
+
+- The prefix context[:p] runs once, without grad, into a KV cache, repeated over the rows of a forward.
+- One plain forward of the context gives the baseline activations w̄ at p of every layer and f(w̄).
+- Every (layer, α) pair is one row, a batch element: the suffix against the prefix, a hook replacing that row's
+  own layer's activations at p (the suffix's first token) by α·w̄; f is read at the row's last token. Rows are
+  chunked to `max_rows` per forward; one `autograd.grad` per chunk. One extra row per layer with α = 0 gives
+  f(0 at l) for the completeness check, as in the engine.
+- A multi-token answer is teacher-forced (context = prompt + answer[:j] for answer token j; w̄ at p is the same
+  for every j) and the map is the mean of the per-token maps.
+
+At p = the last prompt position this is the engine's computation (tested), at more cost per row.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs, row_plan
+from knrecall.attribution.quadrature import quadrature
+from knrecall.attribution.target import target_values
+from knrecall.errors import KnrecallError
+from knrecall.models.adapters import FFNAdapter, hook_neurons
+
+
+def _baseline(model, adapter, context: list[int], position: int, gold: int, target: str, device):
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer: int, activations: torch.Tensor):
+        captured[layer] = activations[0, position].detach().clone()
+        return None
+
+    with torch.no_grad(), hook_neurons(model, adapter, capture):
+        out = model(input_ids=torch.tensor([context], device=device), use_cache=False, logits_to_keep=1)
+    f_base = float(target_values(out.logits[:, -1], gold, target)[0])
+    return torch.stack([captured[layer] for layer in range(len(captured))]), f_base
+
+
+def _rows_pass(model, adapter, context, position, prefix_cache, acts, rows, alphas, weights, gold, target, device):
+    """One chunk of (layer, step) rows (step None: α = 0, no gradient): IG partial sums and f(0 at l)."""
+    plan, leaves, zero_rows = row_plan(rows, alphas, acts, device)
+
+    def replace(layer: int, activations: torch.Tensor):
+        if layer not in plan:
+            return None
+        new = activations.clone()  # never write into a tensor autograd saved
+        for index, values in plan[layer]:
+            new[index, 0, :] = values  # the suffix's first token is the scaled position
+        return new
+
+    n = len(rows)
+    suffix = torch.tensor([context[position:]], device=device).expand(n, -1)
+    positions = torch.arange(position, len(context), device=device)[None].expand(n, -1)
+    kwargs = {}
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(n)
+        kwargs = {"cache": cache, "use_cache": True}
+    with torch.enable_grad(), hook_neurons(model, adapter, replace):
+        out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
+        f = target_values(out.logits[:, -1], gold, target)
+        grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+    partial = torch.zeros(acts.shape, dtype=torch.float64)
+    for (layer, steps, _), grad in zip(leaves, grads):
+        partial[layer] += (weights[steps][:, None] * grad.detach().double().cpu()).sum(dim=0)
+    f_zero = {layer: float(f[i].detach()) for layer, i in zero_rows.items()}
+    return partial, f_zero
+
+
+def attribute_at_position(
+    model,
+    adapter: FFNAdapter,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    position: int,
+    *,
+    steps: int = 20,
+    rule: str = "gauss_legendre",
+    target: str = "prob",
+    max_rows: int = 256,
+) -> LayerwiseIG:
+    """Per-layer IG of `answer_ids` after `prompt_ids` with the neurons scaled at prompt position `position`
+    (0-based, counting the tokenizer's BOS if any); `activations` are w̄ at that position. At most `max_rows` rows
+    (each a copy of the suffix from `position` on) per forward."""
+    check_inputs(model, prompt_ids, answer_ids)
+    if not 0 <= position < len(prompt_ids):
+        raise KnrecallError(f"attribution: position {position} is outside the prompt's {len(prompt_ids)} tokens")
+    model.requires_grad_(False)
+    device = next(model.parameters()).device
+    n_layers, width = len(adapter.layers(model)), adapter.width(model)
+    alphas, weights = quadrature(rule, steps)
+    rows = [(layer, k) for layer in range(n_layers) for k in range(steps)] + [(layer, None) for layer in range(n_layers)]
+    prefix_cache = None
+    if position > 0:
+        with torch.no_grad():
+            prefix_cache = model(input_ids=torch.tensor([prompt_ids[:position]], device=device), use_cache=True,
+                                 logits_to_keep=1).cache
+    acc = _Accumulator(n_layers, width)
+    acts = None
+    for j, gold in enumerate(answer_ids):
+        context = list(prompt_ids) + list(answer_ids[:j])
+        token_acts, f_base = _baseline(model, adapter, context, position, gold, target, device)
+        acts = token_acts if acts is None else acts  # the same at every j (causal), taken once
+        ig_sum = torch.zeros(n_layers, width, dtype=torch.float64)
+        f_zero = torch.zeros(n_layers, dtype=torch.float64)
+        for start in range(0, len(rows), max(1, max_rows)):
+            partial, zeros = _rows_pass(model, adapter, context, position, prefix_cache, acts,
+                                        rows[start : start + max(1, max_rows)], alphas, weights, gold, target, device)
+            ig_sum += partial
+            for layer, value in zeros.items():
+                f_zero[layer] = value
+        acc.add(acts.double().cpu() * ig_sum, acts, f_base, f_zero)
+    return acc.result()
