@@ -8,13 +8,15 @@ from collections.abc import Callable, Mapping
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """(`__getattr__`, `__dir__`) for `package`, where `exports` maps a public name to the module that defines it."""
+    """(`__getattr__`, `__dir__`) for `package`, where `exports` maps a public name to the module that defines it
+    (`"module"`), or to a module and the name it has there (`"module:name"`)."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> object:
         if name not in exports:
             raise AttributeError(f"module '{package}' has no attribute '{name}'")
-        value = getattr(importlib.import_module(exports[name]), name)
+        module, _, attribute = exports[name].partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         namespace[name] = value  # later look-ups skip __getattr__
         return value
 

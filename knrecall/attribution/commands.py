@@ -101,55 +101,31 @@ def add_select_kns(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attribute_prompt(args: argparse.Namespace) -> None:
-    import pyarrow as pa
-
-    from knrecall.attribution.engine import attribute_prompt
-    from knrecall.attribution.reference import attribute_prompt_naive
+    from knrecall.attribution.prompt import attribute
     from knrecall.io import provenance, write_parquet
-    from knrecall.models.adapters import adapter_for
-    from knrecall.models.load import ModelSpec, load_model
-    from knrecall.targets import teacher_forced_contexts
+    from knrecall.models.load import load
+    from knrecall.targets import answer_token_ids
 
     set_threads(args.threads)
-    spec = ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code, args.allow_pickle)
-    model, tokenizer = load_model(spec, args.device)
-    prompt_ids, answer_ids = teacher_forced_contexts(tokenizer, args.prompt, args.answer)
-    adapter = adapter_for(model, args.neuron)
+    model, tokenizer = load(args.model, revision=args.revision, dtype=args.dtype,
+                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, device=args.device)
     options = dict(steps=args.steps, rule=args.rule, target=args.target)
-    if args.engine == "fast":
-        ig = attribute_prompt(model, adapter, prompt_ids, answer_ids, max_rows=args.max_rows, **options)
-    else:
-        ig = attribute_prompt_naive(model, adapter, prompt_ids, answer_ids, **options)
-    n_layers, width = ig.attributions.shape
-    table = pa.table(
-        {
-            "layer": pa.array([layer for layer in range(n_layers) for _ in range(width)], pa.int16()),
-            "neuron": pa.array(list(range(width)) * n_layers, pa.int32()),
-            "attribution": pa.array(ig.attributions.flatten().tolist(), pa.float32()),
-            "activation": pa.array(ig.activations.flatten().tolist(), pa.float32()),
-        }
-    )
+    ig = attribute(model, tokenizer, args.prompt, args.answer, neuron=args.neuron, engine=args.engine,
+                   max_rows=args.max_rows, **options)
     completeness = [
         {"layer": layer, "attribution_sum": float(ig.attribution_sums[layer]), "target_delta": float(ig.target_deltas[layer]),
          "relative_error": float(ig.completeness_error[layer])}
-        for layer in range(n_layers)
+        for layer in range(ig.attributions.shape[0])
     ]
-    meta = provenance(options, model={"path": spec.path, "revision": spec.revision, "dtype": spec.dtype},
+    meta = provenance(options, model={"path": args.model, "revision": args.revision, "dtype": args.dtype},
                       prompt=args.prompt, answer=args.answer, engine=args.engine, neuron=args.neuron,
-                      answer_tokens=answer_ids,
+                      answer_tokens=answer_token_ids(tokenizer, args.prompt, args.answer),
                       base_target=ig.base_target, completeness=completeness, device=args.device)
-    write_parquet(table, args.out, meta)
-    top = torch_topk(ig.attributions, 5)
-    print(f"{args.engine} IG of {args.answer!r} ({len(answer_ids)} token(s)); f = {ig.base_target:.4g}; "
+    write_parquet(ig.table(), args.out, meta)
+    print(f"{args.engine} IG of {args.answer!r} ({ig.n_answer_tokens} token(s)); f = {ig.base_target:.4g}; "
           f"max completeness error {float(ig.completeness_error.max()):.2e}")
-    for layer, neuron, value in top:
+    for layer, neuron, value in ig.top(5):
         print(f"  layer {layer:3d} neuron {neuron:6d}  attribution {value:.4g}")
-
-
-def torch_topk(attributions, k: int) -> list[tuple[int, int, float]]:
-    values, flat = attributions.flatten().topk(min(k, attributions.numel()))
-    width = attributions.shape[1]
-    return [(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, flat)]
 
 
 def add_attribute_prompt(sub: argparse._SubParsersAction) -> None:

@@ -130,13 +130,8 @@ def add_intervention_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_intervene_prompt(args: argparse.Namespace) -> None:
-    from knrecall.answer import extract_span, stop_token_ids
-    from knrecall.interventions.generate import greedy_generate
-    from knrecall.interventions.run import COT_ANSWER_CONTEXT, answer_step
-    from knrecall.models.adapters import adapter_for
-    from knrecall.models.load import ModelSpec, load_model
-    from knrecall.recall.steps import prompt_input_ids
-    from knrecall.targets import answer_token_ids
+    from knrecall.interventions.prompt import intervene
+    from knrecall.models.load import load
 
     neurons: dict[int, list[int]] = {}
     for text in args.neuron:
@@ -145,22 +140,14 @@ def cmd_intervene_prompt(args: argparse.Namespace) -> None:
             raise KnrecallError(f"--neuron '{text}': expected LAYER:INDEX, e.g. 3:117")
         neurons.setdefault(int(match[1]), []).append(int(match[2]))
     set_threads(args.threads)
-    model, tokenizer = load_model(ModelSpec(args.model, args.revision, args.dtype, args.trust_remote_code,
-                                            args.allow_pickle), args.device)
-    prompt_ids = prompt_input_ids(tokenizer, args.prompt)
-    gold = answer_token_ids(tokenizer, COT_ANSWER_CONTEXT if args.cot else args.prompt, args.gold)[0]
-    stops = stop_token_ids(tokenizer, args.cot)
-    limit = args.max_new_tokens
-    adapter = adapter_for(model, args.neuron_definition)
-    for label, factor in (("without", 1.0), ("with", args.factor)):
-        result = greedy_generate(model, [prompt_ids], limit, stops, neurons=[neurons], factor=factor,
-                                 policy=args.policy, gold_ids=[gold], adapter=adapter,
-                                 pad_id=tokenizer.pad_token_id)[0]
-        generation = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
-        span = extract_span(generation, args.cot)
-        prob = result.gold_probs[answer_step(tokenizer, result.generated_ids, generation, span, args.cot)]
-        what = "" if factor == 1.0 else f" (x{factor:g} on {sum(map(len, neurons.values()))} neurons, {args.policy})"
-        print(f"{label} intervention{what}: answer {span!r}, P(gold first token) = {prob:.4f}; generation {generation!r}")
+    model, tokenizer = load(args.model, revision=args.revision, dtype=args.dtype,
+                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, device=args.device)
+    result = intervene(model, tokenizer, args.prompt, args.gold, neurons, factor=args.factor, policy=args.policy,
+                       cot=args.cot, max_new_tokens=args.max_new_tokens, neuron=args.neuron_definition)
+    for label, factor, answer in (("without", 1.0, result.before), ("with", args.factor, result.after)):
+        what = "" if factor == 1.0 else f" (x{factor:g} on {result.n_neurons} neurons, {args.policy})"
+        print(f"{label} intervention{what}: answer {answer.answer!r}, P(gold first token) = {answer.gold_prob:.4f}; "
+              f"generation {answer.generation!r}")
 
 
 def add_intervene_prompt(sub: argparse._SubParsersAction) -> None:
