@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from knrecall.data.conditions import DEFAULT_TEMPLATES
+from knrecall.prompts import DEFAULT_TEMPLATES
 from knrecall.errors import KnrecallError
 
 

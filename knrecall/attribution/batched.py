@@ -211,5 +211,5 @@ def attribute_prompts(
         for j in range(len(answer_ids)):
             r = results[(index, j)]
             acc.add(r.attr, r.acts, r.f_base, r.f_zero)
-        out.append(acc.result())
+        out.append(acc.result(adapter.neuron))
     return out

@@ -43,11 +43,37 @@ class LayerwiseIG:
     target_deltas: torch.Tensor  # [layers], mean over answer tokens of f(w̄) − f(0 at layer l)
     base_target: float  # mean over answer tokens of f(w̄)
     n_answer_tokens: int
+    neuron: str = "ffn_input"  # the neuron definition the map was computed under (the adapter's)
 
     @property
     def completeness_error(self) -> torch.Tensor:
         """Relative completeness error per layer: |Σ_i attr_i − Δf| / |Δf|."""
         return (self.attribution_sums - self.target_deltas).abs() / self.target_deltas.abs().clamp_min(1e-12)
+
+    def table(self):
+        """The whole map as a pyarrow table, one row per neuron: layer (int16), neuron (int32), attribution and
+        activation (float32), layer-major."""
+        import pyarrow as pa
+
+        n_layers, width = self.attributions.shape
+        return pa.table({
+            "layer": pa.array([layer for layer in range(n_layers) for _ in range(width)], pa.int16()),
+            "neuron": pa.array(list(range(width)) * n_layers, pa.int32()),
+            "attribution": pa.array(self.attributions.flatten().tolist(), pa.float32()),
+            "activation": pa.array(self.activations.flatten().tolist(), pa.float32()),
+        })
+
+    def frame(self):
+        """`table()` as a polars DataFrame."""
+        import polars as pl
+
+        return pl.from_arrow(self.table())
+
+    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The k neurons with the largest attribution: (layer, neuron, attribution), largest first."""
+        values, flat = self.attributions.flatten().topk(min(k, self.attributions.numel()))
+        width = self.attributions.shape[1]
+        return [(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, flat)]
 
 
 def check_inputs(model, prompt_ids: list[int], answer_ids: list[int]) -> None:
@@ -81,7 +107,7 @@ class _Accumulator:
             self.first_activations = acts.float().cpu()
         self.tokens += 1
 
-    def result(self) -> LayerwiseIG:
+    def result(self, neuron: str = "ffn_input") -> LayerwiseIG:
         attr = self.attr / self.tokens
         return LayerwiseIG(
             attributions=attr.float(),
@@ -90,6 +116,7 @@ class _Accumulator:
             target_deltas=(self.deltas / self.tokens).float(),
             base_target=self.base / self.tokens,
             n_answer_tokens=self.tokens,
+            neuron=neuron,
         )
 
 
@@ -218,4 +245,4 @@ def attribute_prompt(
         acc.add(acts.double().cpu() * ig_sum, acts, f_base, f_zero)
         cache, token = extended, gold  # teacher forcing: extend the cache with the gold token
         prefix_len += 1
-    return acc.result()
+    return acc.result(adapter.neuron)

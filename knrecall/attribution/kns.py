@@ -3,15 +3,21 @@
 Coarse KNs of one prompt: neurons whose attribution exceeds t × the prompt's maximum attribution (positive only).
 Refined KNs of one fact: coarse KNs shared by at least a fraction p of the fact's paraphrase prompts. In adaptive
 mode p moves in steps of 0.05 until the mean refined-KN count per fact lies in [low, high] (as Dai et al.).
+
+`select_kns` works on the attribution shards' tables (the `select-kns` rule); `select_fact_kns` is the same selection
+for one fact's attribution maps in memory (`knrecall.attribute_paraphrases`), for notebooks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
 from knrecall.errors import KnrecallError
+
+FACT = "fact"  # the fact_id of `select_fact_kns`'s one fact
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,61 @@ def refined_sets(kns: pl.DataFrame) -> dict[str, list[tuple[int, int]]]:
     for row in refined.iter_rows(named=True):
         sets.setdefault(row["fact_id"], []).append((row["layer"], row["neuron"]))
     return sets
+
+
+@dataclass(frozen=True)
+class FactKNs:
+    """The knowledge neurons of one fact, selected from its paraphrases' attribution maps (`select_fact_kns`).
+
+    `refined`: layer, neuron, attribution (mean over the prompts where it is coarse), share (of the prompts where it
+    is coarse), baseline (b_i: its mean activation at the answer-predicting position over the paraphrases).
+    `coarse`: paraphrase, layer, neuron, attribution. `info`: the thresholds used (as the KN file's metadata).
+    """
+
+    refined: pl.DataFrame
+    coarse: pl.DataFrame
+    info: dict
+    neuron: str = "ffn_input"  # the neuron definition the maps were computed under
+
+    @property
+    def neurons(self) -> list[tuple[int, int]]:
+        """The refined KNs as (layer, neuron) pairs, sorted."""
+        return list(self.refined.select("layer", "neuron").iter_rows())
+
+    def __len__(self) -> int:
+        return self.refined.height
+
+
+def select_fact_kns(maps: Sequence, *, coarse_threshold: float = 0.2, refine_fraction: float = 0.5,
+                    refine_mode: str = "fixed", adaptive_band: tuple[float, float] = (2.0, 5.0)) -> FactKNs:
+    """Coarse KNs of each map and the refined KNs of the fact (`select_kns` on full maps); `maps` are the
+    `LayerwiseIG`s of one fact's paraphrase prompts, all of the same neuron definition. Defaults equal
+    `params.yaml`'s `kns` block."""
+    import torch
+
+    if not maps:
+        raise KnrecallError("KN selection: no attribution maps given (attribute the fact's paraphrases first)")
+    if refine_mode not in ("fixed", "adaptive"):
+        raise KnrecallError(f"KN selection: refine_mode must be fixed or adaptive, got {refine_mode!r}")
+    definitions = {ig.neuron for ig in maps}
+    if len(definitions) > 1:
+        raise KnrecallError(f"KN selection: the maps mix neuron definitions ({', '.join(sorted(definitions))})")
+    rows: dict[str, list] = {"paraphrase": [], "layer": [], "neuron": [], "attribution": []}
+    for paraphrase, ig in enumerate(maps):
+        layers, neurons = torch.nonzero(ig.attributions > 0, as_tuple=True)
+        rows["paraphrase"] += [paraphrase] * len(layers)
+        rows["layer"] += layers.tolist()
+        rows["neuron"] += neurons.tolist()
+        rows["attribution"] += ig.attributions[layers, neurons].tolist()
+    neurons = pl.DataFrame(rows, schema={"paraphrase": pl.Int64, "layer": pl.Int64, "neuron": pl.Int64,
+                                         "attribution": pl.Float64}).with_columns(fact_id=pl.lit(FACT))
+    prompts = pl.DataFrame({"fact_id": [FACT] * len(maps), "paraphrase": list(range(len(maps))),
+                            "max_attribution": [float(ig.attributions.max()) for ig in maps]})
+    selection = Selection(coarse_threshold, refine_fraction, refine_mode == "adaptive", tuple(adaptive_band))
+    table, info = select_kns(neurons, prompts, selection, 0.0, definitions.pop())
+    mean_activation = torch.stack([ig.activations for ig in maps]).mean(dim=0)
+    refined = table.filter(pl.col("level") == "refined").select("layer", "neuron", "attribution", "share")
+    baselines = [float(mean_activation[layer, neuron]) for layer, neuron in refined.select("layer", "neuron").iter_rows()]
+    refined = refined.with_columns(baseline=pl.Series(baselines, dtype=pl.Float32))
+    coarse = table.filter(pl.col("level") == "coarse").select("paraphrase", "layer", "neuron", "attribution")
+    return FactKNs(refined, coarse, info, info["neuron"])

@@ -74,4 +74,4 @@ def attribute_prompt_naive(
                 zero = torch.zeros(1, width, dtype=acts.dtype, device=device)
                 f_zero[layer] = float(target_values(_full_forward(model, adapter, ids, pos, layer, zero, read), gold, target)[0])
         acc.add(attr, acts, f_base, f_zero)
-    return acc.result()
+    return acc.result(adapter.neuron)

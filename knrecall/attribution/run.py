@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from knrecall.attribution.batched import attribute_prompts
 from knrecall.attribution.engine import LayerwiseIG
-from knrecall.data.conditions import single_hop_prompt
 from knrecall.data.facts import facts_of, shard_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
+from knrecall.prompts import single_hop_prompt
 from knrecall.skips import Skip, record
 from knrecall.targets import teacher_forced_contexts
 

@@ -1,11 +1,7 @@
 """Prompt conditions of the recall study: pure, deterministic prompt builders (no model involved).
 
-Templates (`DEFAULT_TEMPLATES`, overridable per condition; `{question}` is the item's two-hop question):
-
-- `direct`:        "Q: {question} A:"   (exactly what the world model is trained on)
-- `zero_shot_cot`: "Q: {question} A: Let's think step by step."
-- `few_shot_cot`:  "{exemplars}Q: {question} A:"
-- `conflict_hop1` / `conflict_hop2`: "Context: {context} Q: {question} A:"
+Templates: `knrecall.prompts` (`CONDITIONS`, `DEFAULT_TEMPLATES`, `EXEMPLAR_TEMPLATE`, `single_hop_prompt`, re-exported
+here); `{question}` is the item's two-hop question.
 
 Few-shot exemplars. `{exemplars}` is the concatenation of one block per exemplar, `EXEMPLAR_TEMPLATE`:
 "Q: {question} A: {chain} So the answer is {answer}.\\n", where the chain is built generically from the
@@ -40,18 +36,7 @@ from collections.abc import Mapping, Sequence
 
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
-
-CONDITIONS = ("direct", "zero_shot_cot", "few_shot_cot", "conflict_hop1", "conflict_hop2")
-
-DEFAULT_TEMPLATES: dict[str, str] = {
-    "direct": "Q: {question} A:",
-    "zero_shot_cot": "Q: {question} A: Let's think step by step.",
-    "few_shot_cot": "{exemplars}Q: {question} A:",
-    "conflict_hop1": "Context: {context} Q: {question} A:",
-    "conflict_hop2": "Context: {context} Q: {question} A:",
-}
-
-EXEMPLAR_TEMPLATE = "Q: {question} A: {chain} So the answer is {answer}.\n"
+from knrecall.prompts import CONDITIONS, DEFAULT_TEMPLATES, EXEMPLAR_TEMPLATE, single_hop_prompt  # noqa: F401
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -348,7 +333,3 @@ def conflict_prompt(
     prompt = render(f"conflict_hop{hop}", item, templates, context=conflict_context(item, hop, fake))
     return prompt, fake
 
-
-def single_hop_prompt(question: str, templates: Mapping[str, str] = DEFAULT_TEMPLATES) -> str:
-    """A single-hop paraphrase is always asked under `direct`."""
-    return templates["direct"].format(question=question)

@@ -33,7 +33,7 @@ import sys
 import polars as pl
 from tqdm import tqdm
 
-from knrecall.answer import COT_CONDITIONS
+from knrecall.answer.plan import COT_CONDITIONS
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.interventions.controls import Neuron, as_layer_map

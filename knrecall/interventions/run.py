@@ -37,15 +37,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 from tqdm import tqdm
 
-from knrecall.answer import (
-    COT_CONDITIONS,
-    PlannedPrompt,
-    context_limit,
-    extract_span,
-    is_correct,
-    plan_prompts,
-    stop_token_ids,
-)
+from knrecall.answer.generate import context_limit, stop_token_ids
+from knrecall.answer.plan import COT_CONDITIONS, PlannedPrompt, plan_prompts
+from knrecall.data.correctness import extract_span, is_correct
 from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError

@@ -86,3 +86,11 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> tuple[PreTrainedModel, P
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def load(path: str | Path, *, revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
+         allow_pickle: bool = False, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of a hub id or a local checkpoint folder, by the workflow's rules (`load_model`: safetensors
+    only unless `allow_pickle`, no checkpoint code unless `trust_remote_code`; eval mode, frozen weights, left
+    padding). `dtype`: float32 | bfloat16 | float16; `device`: cpu, cuda, cuda:1, ..."""
+    return load_model(ModelSpec(str(path), revision, dtype, trust_remote_code, allow_pickle), device)

@@ -36,12 +36,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from knrecall.data.conditions import single_hop_prompt
-from knrecall.data.facts import facts_of
 from knrecall.attribution.kns import refined_sets
+from knrecall.attribution.run import usable_prompts
+from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
+from knrecall.prompts import single_hop_prompt
 from knrecall.recall.activations import activations_at, columns_for
 from knrecall.recall.scores import null_pairs
 from knrecall.recall.steps import (
@@ -50,7 +51,6 @@ from knrecall.recall.steps import (
     prompt_input_ids,
     subject_last_position,
 )
-from knrecall.attribution.run import usable_prompts
 from knrecall.skips import Skip, record
 
 log = logging.getLogger(__name__)

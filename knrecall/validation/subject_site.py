@@ -35,12 +35,12 @@ from tqdm import tqdm
 from knrecall.attribution.kns import Selection, refined_sets, select_kns
 from knrecall.attribution.position import attribute_at_position
 from knrecall.attribution.run import AttributionSettings, neuron_rows, usable_prompts
-from knrecall.data.conditions import single_hop_prompt
 from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.interventions.causal import causal_effects
 from knrecall.models.adapters import adapter_for
+from knrecall.prompts import single_hop_prompt
 from knrecall.recall.activations import activations_at, columns_for
 from knrecall.recall.analysis import all_scores
 from knrecall.recall.measure import block_rows

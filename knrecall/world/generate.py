@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from knrecall.data.conditions import (
-    DEFAULT_TEMPLATES,
     candidate_pool,
     candidates_by_relation,
     choose_exemplars,
@@ -60,6 +59,7 @@ from knrecall.data.conditions import (
 )
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
+from knrecall.prompts import DEFAULT_TEMPLATES
 from knrecall.world.names import invent_names
 from knrecall.world.templates import COMPOSITIONS, RELATIONS
 

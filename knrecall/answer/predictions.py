@@ -1,4 +1,4 @@
-"""Greedy answers with correctness: every single-hop paraphrase, and every two-hop question under each condition.
+"""The predictions table: greedy answers with correctness: every single-hop paraphrase, and every two-hop question under each condition.
 
 Prompts come from `knrecall.data.conditions` (direct, zero- and few-shot chain of thought, conflicting context).
 Single-hop paraphrases are always asked under `direct`.
@@ -27,33 +27,18 @@ chat prompt (`knrecall.models.chat`); the wrapped prompt is what is generated fr
 
 from __future__ import annotations
 
-import re
-import sys
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyarrow as pa
-import torch
-from tqdm import tqdm
 
-from knrecall.data.conditions import (
-    candidates_by_relation,
-    choose_exemplars,
-    conflict_choice,
-    conflict_context,
-    no_candidate_reason,
-    render,
-    single_hop_prompt,
-)
-from knrecall.data.correctness import ANSWER_MARKER, extract_span, is_correct, normalize  # noqa: F401
+from knrecall.answer.generate import context_limit, greedy_answers
+from knrecall.answer.plan import COT_CONDITIONS, CONFLICT_HOPS, PlannedPrompt, plan_prompts
+from knrecall.data.correctness import ANSWER_MARKER, is_correct
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.skips import Skip, record
-from knrecall.targets import answer_token_ids, target_tokens
-
-COT_CONDITIONS = ("zero_shot_cot", "few_shot_cot")
-CONFLICT_HOPS = {"conflict_hop1": 1, "conflict_hop2": 2}
+from knrecall.targets import target_tokens
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -77,24 +62,6 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
-class Query:
-    prompt: str
-    gold: str
-    aliases: tuple[str, ...]
-    cot: bool = False
-
-
-@dataclass(frozen=True)
-class PlannedPrompt:
-    item: Item
-    kind: str
-    paraphrase: int
-    query: Query
-    context_answer: str | None = None
-    context_source: str | None = None
-
-
 def chain_names_bridge(generation: str, bridge: str, aliases: list[str]) -> bool:
     markers = list(ANSWER_MARKER.finditer(generation))
     chain = generation[: markers[-1].start()] if markers else generation
@@ -107,145 +74,6 @@ def follows(span: str, context_answer: str | None, memory: str, aliases: tuple[s
     if is_correct(span, memory, aliases):
         return "memory"
     return "neither"
-
-
-def hop2_of_bridge(items: list[Item]) -> dict[tuple[str, str | None], str]:
-    """(bridge entity, relation 2) -> o2, from every item: what a fake bridge implies for the answer."""
-    return {(item.fact1_ans, item.relation2): item.fact2_ans for item in items}
-
-
-def plan_prompts(items: list[Item], templates: dict[str, str], condition: str, seed: int, few_shot_k: int,
-                 single_hop: bool = True, *, wrap: Callable[[str], str] | None = None,
-                 skipped: list[Skip] | None = None, phase: str = "answer",
-                 cases: set[str] | None = None, quiet: bool = False) -> list[PlannedPrompt]:
-    """The two-hop question of every item under `condition`, and (if `single_hop`) its single-hop paraphrases.
-
-    `wrap` (a model's chat prompt, `knrecall.models.chat`) is applied to every prompt. An item without a conflict
-    candidate or without enough few-shot exemplars has no two-hop prompt under that condition: it is recorded in
-    `skipped` (one log line) and the plan goes on. With `cases`, only those items are planned (every item still
-    serves as an exemplar and a conflict candidate). `quiet`: record skips without logging them (the caller does).
-    """
-    wrap = wrap or (lambda prompt: prompt)
-    plan: list[PlannedPrompt] = []
-    candidates = candidates_by_relation(items) if condition in CONFLICT_HOPS else {}
-    pool = sorted(items, key=lambda x: (x.case_id, x.two_hop))  # choose_exemplars' own order: its sort is then O(n)
-    implied = hop2_of_bridge(items) if condition == "conflict_hop1" else {}
-    for item in items:
-        if cases is not None and item.case_id not in cases:
-            continue
-        for kind, questions, gold, aliases in () if not single_hop else (
-            ("hop1", item.fact1_query, item.fact1_ans, item.fact1_aliases),
-            ("hop2", item.fact2_query, item.fact2_ans, item.answer_aliases),
-        ):
-            for index, question in enumerate(questions):
-                prompt = wrap(single_hop_prompt(question, templates))
-                plan.append(PlannedPrompt(item, kind, index, Query(prompt, gold, tuple(aliases))))
-        context_answer = source = None
-        if condition == "few_shot_cot":
-            try:
-                exemplars = choose_exemplars(item, pool, few_shot_k, seed)
-            except KnrecallError as exc:
-                record(skipped, Skip(phase, "no_exemplars", str(exc), item.case_id, condition=condition), quiet)
-                continue
-            prompt = render(condition, item, templates, exemplars=exemplars)
-        elif condition in CONFLICT_HOPS:
-            hop = CONFLICT_HOPS[condition]
-            choice = conflict_choice(item, hop, candidates, seed)
-            if choice is None:
-                record(skipped, Skip(phase, "no_conflict_candidate", no_candidate_reason(item, hop), item.case_id,
-                                     condition=condition), quiet)
-                continue
-            fake, context_answer, source = choice
-            prompt = render(condition, item, templates, context=conflict_context(item, hop, fake))
-            if context_answer is None:
-                context_answer = implied.get((fake, item.relation2))
-        else:
-            prompt = render(condition, item, templates)
-        query = Query(wrap(prompt), item.fact2_ans, tuple(item.answer_aliases), cot=condition in COT_CONDITIONS)
-        plan.append(PlannedPrompt(item, "two_hop", 0, query, context_answer, source))
-    return plan
-
-
-def stop_token_ids(tokenizer, cot: bool) -> list[int]:
-    """EOS, a line break, and (not for chains of thought, whose steps end in full stops) a full stop."""
-    ids = [tokenizer.eos_token_id]
-    for stop in ("\n",) if cot else (".", "\n"):
-        encoded = tokenizer(stop, add_special_tokens=False).input_ids
-        if len(encoded) == 1:
-            ids.append(encoded[0])
-    return ids
-
-
-def check_context(model, needed: int, batch: list[Query]) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and needed > limit:
-        longest = max(batch, key=lambda q: len(q.prompt))
-        raise KnrecallError(
-            f"prompt '{longest.prompt[:80]}' needs {needed} positions with max_new_tokens, "
-            f"more than the model's context of {limit}"
-        )
-
-
-def trim_generated(ids: list[int], stops: list[int], pad: int | None) -> list[int]:
-    """The generated ids up to and including the first stop token (generate pads finished rows)."""
-    out = []
-    for token in ids:
-        out.append(token)
-        if token in stops:
-            break
-    while out and pad is not None and out[-1] == pad and pad not in stops:
-        out.pop()
-    return out
-
-
-@torch.no_grad()
-def greedy_answers(model, tokenizer, queries: list[Query], max_new_tokens: int, batch_size: int, device: str) -> dict[Query, dict]:
-    """Greedy generation for each distinct query; returns per query its generation, span and correctness."""
-    distinct = sorted(set(queries), key=lambda q: (q.cot, len(q.prompt), q.prompt, q.gold))
-    results: dict[Query, dict] = {}
-    batches = [
-        [q for q in distinct if q.cot == cot][start : start + batch_size]
-        for cot in (False, True)
-        for start in range(0, sum(q.cot == cot for q in distinct), batch_size)
-    ]
-    if distinct:  # every prompt must fit before any work starts (one message, no half-done run)
-        lengths = [len(ids) for ids in tokenizer([q.prompt for q in distinct]).input_ids]
-        longest = max(range(len(distinct)), key=lambda i: lengths[i])
-        check_context(model, lengths[longest] + max_new_tokens, [distinct[longest]])
-    for batch in tqdm(batches, desc="answer", unit="batch", file=sys.stderr, mininterval=5):
-        stops = stop_token_ids(tokenizer, batch[0].cot)
-        enc = tokenizer([q.prompt for q in batch], return_tensors="pt", padding=True).to(device)
-        check_context(model, enc.input_ids.shape[1] + max_new_tokens, batch)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        first_probs = torch.softmax(out.logits[0].float(), dim=-1)
-        new_tokens = out.sequences[:, enc.input_ids.shape[1] :]
-        for row, query in enumerate(batch):
-            gold_first = answer_token_ids(tokenizer, query.prompt, query.gold)[0]
-            generated = trim_generated(new_tokens[row].tolist(), stops, tokenizer.pad_token_id)
-            generation = tokenizer.decode(generated, skip_special_tokens=True)
-            span = extract_span(generation, query.cot)
-            results[query] = {
-                "generation": generation,
-                "generated_ids": generated,
-                "answer_span": span,
-                "correct": is_correct(span, query.gold, query.aliases),
-                "first_token_correct": int(new_tokens[row, 0]) == gold_first,
-                "gold_first_token_prob": float(first_probs[row, gold_first]),
-            }
-    return results
-
-
-def context_limit(model) -> int | None:
-    """The model's context (positions), or None when its config does not say."""
-    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
 
 
 def answerable(plan: list[PlannedPrompt], tokenizer, limit: int | None, max_new_tokens: int, condition: str,
