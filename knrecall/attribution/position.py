@@ -96,7 +96,8 @@ def attribute_at_position(
     device = next(model.parameters()).device
     n_layers, width = len(adapter.layers(model)), adapter.width(model)
     alphas, weights = quadrature(rule, steps)
-    rows = [(layer, k) for layer in range(n_layers) for k in range(steps)] + [(layer, None) for layer in range(n_layers)]
+    rows = [(layer, k) for layer in range(n_layers) for k in range(steps)]
+    rows += [(layer, None) for layer in range(n_layers)]
     prefix_cache = None
     if position > 0:
         with torch.no_grad():

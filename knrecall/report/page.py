@@ -85,7 +85,7 @@ def _table4(section: dict[str, Any]) -> str:
 
 
 SKIP_PHASES = {"answer": "answer", "attribute": "attribution", "measure": "KN activations",
-               "causal": "causal effects", "intervene": "interventions"}
+               "causal": "causal effects", "intervene": "interventions", "subject_site": "subject-site variant"}
 
 
 def _skipped(section: dict[str, Any]) -> str:
@@ -267,7 +267,8 @@ def _subject_site(site: dict[str, Any], configured: dict[str, Any]) -> str:
     def line(label: str, r: dict[str, Any]) -> list[str]:
         return [_e(label), _e(r["condition"]), _e(r["variant"]), _e(r["position"]),
                 _f(r.get("specificity_auc"), r.get("specificity_auc_ci")),
-                _f(r.get("causal_spearman"), r.get("causal_spearman_ci")), _f(r.get("break_auc"), r.get("break_auc_ci")),
+                _f(r.get("causal_spearman"), r.get("causal_spearman_ci")),
+                _f(r.get("break_auc"), r.get("break_auc_ci")),
                 _f(r.get("pathway_auc"), r.get("pathway_auc_ci")),
                 _e(_verdict(r, "causal_spearman", 0.0)), _e(_verdict(r, "pathway_auc", 0.5))]
 
@@ -281,7 +282,8 @@ def _subject_site(site: dict[str, Any], configured: dict[str, Any]) -> str:
             "instead of the answer position, and compared with the usual hop-1 KNs on the same items "
             "(results/recall/&lt;model&gt;/subject_site.json).</p>"
             + _table(headers, reported)
-            + "<details><summary>Every variant</summary>" + _table(headers, [line(l, r) for l, r in both]) + "</details>")
+            + "<details><summary>Every variant</summary>"
+            + _table(headers, [line(label, r) for label, r in both]) + "</details>")
 
 
 def _ci(ci: Any) -> str:

@@ -69,8 +69,8 @@ def add_subject_site(sub: argparse._SubParsersAction) -> None:
     for flag, what in (("--items", "items.parquet"), ("--predictions", "the model's predictions parquet"),
                        ("--steps", "the recall phase's steps.parquet")):
         p.add_argument(flag, required=True, help=f"input: {what}")
-    p.add_argument("--params", required=True, help="JSON: attribution, kns, recall, interventions, validation, prompts, "
-                   "model, seed")
+    p.add_argument("--params", required=True, help="JSON: attribution, kns, recall, interventions, validation, "
+                   "prompts, model, seed")
     p.add_argument("--max-rows", type=int, default=256, help="IG rows per forward (each a copy of the suffix)")
     model_run_arguments(p, 16)
     p.add_argument("--out", required=True, help="output: subject_site.json (the summary)")

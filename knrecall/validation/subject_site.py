@@ -58,7 +58,8 @@ def sample_items(items: list[Item], n: int, seed: int) -> list[Item]:
     known = sorted((item for item in items if item.subject), key=lambda item: item.case_id)
     pathway = [item for item in known if item.shortcut_conflicting]
     others = [item for item in known if not item.shortcut_conflicting]
-    chosen = pathway[:n] + random.Random(f"{seed}:subject_site").sample(others, max(0, min(len(others), n - len(pathway))))
+    fill = max(0, min(len(others), n - len(pathway)))
+    chosen = pathway[:n] + random.Random(f"{seed}:subject_site").sample(others, fill)
     return sorted(chosen, key=lambda item: item.case_id)
 
 
