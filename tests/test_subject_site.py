@@ -116,3 +116,24 @@ def test_a_subject_the_tokenizer_cannot_spell_is_skipped_not_fatal():
     _, _, info = subject_kns(items, model, tok, TEMPLATES, SETTINGS, SELECTION, 64, skipped=skipped)
     assert [(s.reason, s.paraphrase) for s in skipped] == [("subject_not_found", 0)]
     assert info["prompts_attributed"] == len(items) - 1
+
+
+def test_a_dataset_without_subjects_skips_the_variant_and_the_run_goes_on(tmp_path, knrecall_cmd):
+    import json
+    import subprocess
+
+    from knrecall.data.items import write_items
+
+    write_items([dataclasses.replace(item, subject=None) for item in _world_items()], tmp_path / "items.parquet")
+    params = {"attribution": {}, "kns": {}, "recall": {}, "interventions": {}, "validation": {}, "prompts": TEMPLATES,
+              "model": {"path": str(tmp_path / "no-model")}, "seed": 0}
+    outs = {flag: tmp_path / name for flag, name in (("--out", "s.json"), ("--kns-out", "k.parquet"),
+                                                     ("--scores-out", "s.parquet"), ("--null-scores-out", "n.parquet"),
+                                                     ("--causal-out", "c.parquet"))}
+    result = subprocess.run([*knrecall_cmd, "subject-site", "--items", str(tmp_path / "items.parquet"),
+                             "--predictions", "unused", "--steps", "unused", "--params", json.dumps(params),
+                             *[str(x) for kv in outs.items() for x in kv]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(outs["--out"].read_text())
+    assert summary["items"] == 0 and "no item has a subject" in summary["not_run"]
+    assert all(path.exists() for path in outs.values()) and "not run" in result.stderr

@@ -33,24 +33,28 @@ def cmd_subject_site(args: argparse.Namespace) -> None:
     interventions = parse_params(payload["interventions"], "--params (interventions)", InterventionParams)
     validation = parse_params(payload["validation"], "--params (validation)", ValidationParams)
     outputs = (args.kns_out, args.scores_out, args.null_scores_out, args.causal_out)
-    if validation.subject_site_items == 0:  # the variant is off: empty outputs, no model loaded
+    items = read_items(args.items)
+    from knrecall.validation.subject_site import sample_items, subject_site
+
+    why = ("validation.subject_site_items = 0" if validation.subject_site_items == 0
+           else None if sample_items(items, validation.subject_site_items, payload["seed"])
+           else "no item has a subject (the items' 'subject' field)")
+    if why:  # the variant does not apply: empty outputs, no model loaded, the run goes on
         for path in outputs:
             write_parquet(pl.DataFrame(schema={"case_id": pl.String}).to_arrow(), path, provenance(payload))
-        write_json({"model": args.model_name, "items": 0, "case_ids": []}, args.out)
-        logging.info("subject-site KNs: off (validation.subject_site_items = 0)")
+        write_json({"model": args.model_name, "items": 0, "case_ids": [], "not_run": why}, args.out)
+        logging.warning("subject-site KNs: not run (%s)", why)
         return
     set_threads(args.threads)
     predictions = pl.from_arrow(read_parquet(args.predictions))
     steps = pl.from_arrow(read_parquet(args.steps))
     spec, model, tokenizer, wrap = load_rule_model(payload, args)
-    from knrecall.validation.subject_site import subject_site
-
     settings = AttributionSettings(attribution.steps, attribution.rule, attribution.target,
                                    attribution.store_threshold, attribution.full_maps, attribution.neuron)
     selection = Selection(kns.coarse_threshold, kns.refine_fraction, kns.refine_mode == "adaptive",
                           tuple(kns.adaptive_band))
     summary, *tables, skipped = subject_site(
-        read_items(args.items), predictions, steps, model, tokenizer, payload["prompts"], settings, selection,
+        items, predictions, steps, model, tokenizer, payload["prompts"], settings, selection,
         n_items=validation.subject_site_items, null_per_fact=recall.null_per_fact,
         suppress_factor=interventions.suppress_factor, random_seeds=interventions.causal_random_seeds,
         seed=payload["seed"], model_name=args.model_name, max_rows=args.max_rows, batch_size=args.batch_size,
