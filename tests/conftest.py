@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,13 +40,22 @@ def knrecall_cmd():
 @pytest.fixture(scope="session")
 def tiny_reference(tmp_path_factory):
     """One uninterrupted run of the tiny workflow (TINY_PARAMS, profiles/default), shared by every test that
-    inspects such a run or compares with one (the workflow, kill/resume and SLURM tests), so that it runs once per
-    test process instead of once per module. Tests may run dry runs in it and restore what they edit; to change it,
-    copy it first."""
+    inspects such a run or compares with one (the workflow, kill/resume and SLURM tests): it runs once per test
+    session, whichever test process asks first (the others wait for it on a file lock in the session's shared
+    temporary directory). Tests may run dry runs in it and restore what they edit; to change it, copy it first."""
+    from filelock import FileLock
+
     from workflow_helpers import copy_workflow, snakemake
 
-    project = copy_workflow(tmp_path_factory.mktemp("tiny") / "proj")
-    snakemake(project)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, this session's only
+    project, done = shared / "tiny-reference" / "proj", shared / "tiny-reference" / "done"
+    with FileLock(str(shared / "tiny-reference.lock")):
+        if not done.exists():
+            if project.exists():  # a run that failed in another test process: start again
+                shutil.rmtree(project)
+            snakemake(copy_workflow(project))
+            done.touch()
     return project
 
 
@@ -55,6 +65,8 @@ def tiny_reference(tmp_path_factory):
 # once. The slowest units are collected first, so that neither process is left with a long one at the end.
 # (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
 TEST_GROUPS = {"test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference"}
+# (The SLURM test, the longest, asks for the shared tiny reference run only after its own run: by then the other
+# process has made it.)
 SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_dvc.py", "test_two_models.py",
               "test_validate_worlds.py"]
 

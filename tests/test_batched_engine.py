@@ -26,7 +26,10 @@ def relative_difference(a, b):
 def assert_same(batched, single):
     assert relative_difference(batched.attributions, single.attributions) < 1e-5
     assert relative_difference(batched.activations, single.activations) < 1e-5
-    assert torch.allclose(batched.target_deltas, single.target_deltas, rtol=1e-5, atol=1e-7)
+    # a delta f(w̄) − f(0) is a difference of two values of f: it is only as exact as f itself (with target logprob,
+    # f ≈ −4.5 and a delta of 0.002 is 5e-7 from its neighbour float after one rounding of f)
+    ulp_of_f = 1e-6 * max(abs(single.base_target), 0.1)
+    assert torch.allclose(batched.target_deltas, single.target_deltas, rtol=1e-5, atol=ulp_of_f)
     assert batched.base_target == pytest.approx(single.base_target, rel=1e-5)
     assert batched.n_answer_tokens == single.n_answer_tokens
     assert single.attributions.abs().max() > 0

@@ -107,9 +107,8 @@ def assert_same_json(a, b, where="") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_tiny_workflow_on_slurm_equals_a_local_run(slurm_cluster, tiny_reference, tmp_path):
+def test_tiny_workflow_on_slurm_equals_a_local_run(slurm_cluster, request, tmp_path):
     started = time.monotonic()
-    local = tiny_reference  # the session's local run (profiles/default, picked up by itself)
 
     project = copy_workflow(tmp_path / "slurm")
     planned = scheduled_jobs(snakemake(project, "-n").stdout)
@@ -155,6 +154,9 @@ def test_tiny_workflow_on_slurm_equals_a_local_run(slurm_cluster, tiny_reference
     assert not [line for line in sbatch
                 if "--gpus" in line and not re.search(r"rule_(attribute|intervene|causal_effects|subject_site)_", line)]
 
+    # the session's local run (profiles/default, picked up by itself), asked for only now: meanwhile the other test
+    # process has made it
+    local = request.getfixturevalue("tiny_reference")
     inexact = []
     for name in COMPARED_TABLES:
         want, got = pl.read_parquet(local / "results" / name), pl.read_parquet(project / "results" / name)

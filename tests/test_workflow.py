@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -183,6 +184,22 @@ def test_tiny_run_scores_the_subject_site_variant(tiny_run):
     assert pl.read_parquet(results / "kns" / "world.subject.parquet").height == 0
     assert pl.read_parquet(results / "kns" / "world.parquet").height > 0
     assert causal["n_kns"].max() == 0 and causal["effect_kn"].is_null().all()
+
+
+def test_the_scoreboard_rule_runs_without_torch(tiny_run, tmp_path):
+    """The scoreboard only reads tables: its command (as the rule runs it) must not load torch, whose import is most
+    of a small job's wall time."""
+    planned = snakemake(tiny_run, "-n", "-p", "--forcerun", "scoreboard", "--allowed-rules", "scoreboard", "--",
+                        "results/recall/world/scoreboard.json").stdout
+    command = next(line for line in planned.splitlines() if "-m knrecall scoreboard" in line)
+    argv = shlex.split(command.split("-m knrecall ", 1)[1].split(" > ", 1)[0])
+    out = tmp_path / "scoreboard.json"
+    argv[argv.index("--out") + 1] = str(out)
+    code = ("import sys; from knrecall.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=tiny_run, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text()) == json.loads((tiny_run / "results/recall/world/scoreboard.json").read_text())
 
 
 def test_tiny_run_writes_intervention_metrics(tiny_run):

@@ -102,8 +102,7 @@ def cmd_scoreboard(args: argparse.Namespace) -> None:
                        params.bootstrap_resamples, payload["seed"])
     board["skipped"] = read_metadata(args.causal).get("skipped_counts") or skip_counts([])
     if args.subject_site:  # the subject-site variant's rows (knrecall.validation.subject_site), beside the others
-        from knrecall.validation.scoreboard import pathway_answers
-        from knrecall.validation.subject_site import subject_site_rows
+        from knrecall.validation.scoreboard import pathway_answers, subject_site_rows
 
         site = read_json_file(Path(args.subject_site[0]), dict, "subject-site summary")
         if site.get("items"):

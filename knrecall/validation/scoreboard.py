@@ -179,3 +179,28 @@ def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFr
     return {"variants": list(MODES), "positions": list(POSITIONS), "rows": rows,
             "rule": {**choose(rows), "configured": dict(configured)},
             "causal": causal_summary(causal, resamples, seed), "pathways": pathway_counts}
+
+
+def subject_site_rows(scores: pl.DataFrame, null_scores: pl.DataFrame, causal: pl.DataFrame, case_ids: list[str],
+                      items: pl.DataFrame, pathways: pl.DataFrame, recall_scores: pl.DataFrame,
+                      recall_null_scores: pl.DataFrame, recall_causal: pl.DataFrame, resamples: int,
+                      seed: int) -> dict[str, list]:
+    """{"rows": the variant's hop-1 scoreboard rows, "answer_site_rows": those of the recall phase's own hop-1 KNs
+    on the same items} (`board_rows`; SC is null in `rows`). Torch-free: the scoreboard rule calls it
+    on the subject-site rule's outputs (`knrecall.validation.subject_site`)."""
+    meta = items.select("case_id", "shortcut_planted", "composable") if "composable" in items.columns else None
+    own = scores.with_columns(pl.lit(None, dtype=pl.String).alias("category"))  # SC needs both hops' decisions
+    rows = board_rows(_with_meta(own, meta), null_scores, causal, pathways, resamples, seed)
+    usual = recall_scores.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids))
+    answer_rows = board_rows(usual, recall_null_scores.filter(pl.col("fact_id").is_in(usual["fact_id"].unique())),
+                             recall_causal.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids)), pathways,
+                             resamples, seed)
+    return {"rows": rows, "answer_site_rows": answer_rows}
+
+
+def _with_meta(scores: pl.DataFrame, meta: pl.DataFrame | None) -> pl.DataFrame:
+    """The item ground-truth flags the scoreboard's SC figures read (null SC here: no categories)."""
+    if meta is None:
+        return scores.with_columns(pl.lit(None, pl.Boolean).alias("shortcut_planted"),
+                                   pl.lit(None, pl.Boolean).alias("composable"))
+    return scores.join(meta, on="case_id", how="left")

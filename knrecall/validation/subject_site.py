@@ -15,7 +15,7 @@ SUBJECT, not those at the answer position. This variant:
    subject_last), and on other sampled items for the null, scores them with every variant
    (`knrecall.recall.analysis.all_scores`), and measures their causal effect (`knrecall.interventions.causal`:
    suppressed at every position, layer-matched random controls);
-4. `subject_site_rows` (called by the scoreboard rule, so that its bootstrap settings do not rerun the above)
+4. `knrecall.validation.scoreboard.subject_site_rows` (called by the scoreboard rule, so that its bootstrap settings do not rerun the above)
    gives scoreboard rows for hop 1 (`knrecall.validation.scoreboard`: specificity, causal agreement, pathway AUC;
    SC is not defined here, it needs both hops' decisions) — `rows` — and, for a fair comparison, the same rows of
    the recall phase's own hop-1 KNs (found at the answer position) on the SAME items — `answer_site_rows`.
@@ -47,7 +47,6 @@ from knrecall.recall.measure import block_rows
 from knrecall.recall.scores import null_pairs
 from knrecall.recall.steps import entity_token_variants, prompt_input_ids, subject_last_position
 from knrecall.skips import Skip, record
-from knrecall.validation.scoreboard import board_rows
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def subject_site(items: list[Item], predictions: pl.DataFrame, steps: pl.DataFra
                  null_per_fact: int, suppress_factor: float, random_seeds: int, seed: int, model_name: str,
                  max_rows: int = 256, batch_size: int = 16, wrap: Callable[[str], str] | None = None):
     """(summary, subject-site KN table, item scores, null scores, causal table (hop 1), skips) of the variant; the
-    scoreboard rows come from `subject_site_rows`."""
+    scoreboard rows come from `knrecall.validation.scoreboard.subject_site_rows`."""
     sample = sample_items(items, n_items, seed)
     if not sample:
         raise KnrecallError("subject-site KNs: no item has a subject (the items' 'subject' field)")
@@ -201,27 +200,3 @@ def subject_site(items: list[Item], predictions: pl.DataFrame, steps: pl.DataFra
                "kns_per_fact_mean": round(sum(kn_counts) / len(kn_counts), 3) if kn_counts else None,
                "facts_without_kns": sum(1 for n in kn_counts if n == 0), "thresholds": info, "case_ids": cases}
     return summary, kns, scores, null_scores, causal.filter(pl.col("hop") == 1), skipped + causal_skips
-
-
-def subject_site_rows(scores: pl.DataFrame, null_scores: pl.DataFrame, causal: pl.DataFrame, case_ids: list[str],
-                      items: pl.DataFrame, pathways: pl.DataFrame, recall_scores: pl.DataFrame,
-                      recall_null_scores: pl.DataFrame, recall_causal: pl.DataFrame, resamples: int,
-                      seed: int) -> dict[str, list]:
-    """{"rows": the variant's hop-1 scoreboard rows, "answer_site_rows": those of the recall phase's own hop-1 KNs
-    on the same items} (`knrecall.validation.scoreboard.board_rows`; SC is null in `rows`)."""
-    meta = items.select("case_id", "shortcut_planted", "composable") if "composable" in items.columns else None
-    own = scores.with_columns(pl.lit(None, dtype=pl.String).alias("category"))  # SC needs both hops' decisions
-    rows = board_rows(_with_meta(own, meta), null_scores, causal, pathways, resamples, seed)
-    usual = recall_scores.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids))
-    answer_rows = board_rows(usual, recall_null_scores.filter(pl.col("fact_id").is_in(usual["fact_id"].unique())),
-                             recall_causal.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids)), pathways,
-                             resamples, seed)
-    return {"rows": rows, "answer_site_rows": answer_rows}
-
-
-def _with_meta(scores: pl.DataFrame, meta: pl.DataFrame | None) -> pl.DataFrame:
-    """The item ground-truth flags the scoreboard's SC figures read (null SC here: no categories)."""
-    if meta is None:
-        return scores.with_columns(pl.lit(None, pl.Boolean).alias("shortcut_planted"),
-                                   pl.lit(None, pl.Boolean).alias("composable"))
-    return scores.join(meta, on="case_id", how="left")
