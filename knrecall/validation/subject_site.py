@@ -15,9 +15,9 @@ SUBJECT, not those at the answer position. This variant:
    subject_last), and on other sampled items for the null, scores them with every variant
    (`knrecall.recall.analysis.all_scores`), and measures their causal effect (`knrecall.interventions.causal`:
    suppressed at every position, layer-matched random controls);
-4. `knrecall.validation.scoreboard.subject_site_rows` (called by the scoreboard rule, so that its bootstrap settings do not rerun the above)
-   gives scoreboard rows for hop 1 (`knrecall.validation.scoreboard`: specificity, causal agreement, pathway AUC;
-   SC is not defined here, it needs both hops' decisions) — `rows` — and, for a fair comparison, the same rows of
+4. `knrecall.validation.scoreboard.subject_site_rows` (called by the scoreboard rule, so that its bootstrap
+   settings do not rerun the above; torch-free) gives scoreboard rows for hop 1 (specificity, causal agreement,
+   pathway AUC; SC is not defined here, it needs both hops' decisions) — `rows` — and, for a fair comparison, the same rows of
    the recall phase's own hop-1 KNs (found at the answer position) on the SAME items — `answer_site_rows`.
 """
 
