@@ -1,8 +1,7 @@
 # Two commands set up and run everything on a fresh machine: `make demo` and `make test`.
-# The venv lives in .venv; torch is pinned to the CPU build that this kind of machine has on disk first,
-# so that the package's own torch range is satisfied without pulling a multi-GB CUDA build. The package and its
-# other dependencies are installed with uv (several times faster than pip; it keeps the torch already there), or
-# with pip where uv cannot be installed.
+# The venv lives in .venv; torch is pinned to the CPU build that this kind of machine has on disk, installed
+# together with the package, so that the package's own torch range is satisfied without pulling a multi-GB CUDA
+# build. Everything is installed with uv (several times faster than pip), or with pip where uv cannot be installed.
 VENV    ?= .venv
 PYTHON  ?= python3
 TORCH   ?= torch==2.13.0
@@ -13,12 +12,15 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
 .PHONY: setup demo test chromium lint format schema clean
 
+# uv installs torch and everything else in one resolution (59 s here, against 82 s for pip's torch and then uv's
+# rest); it reads pip's local wheel folders (PIP_FIND_LINKS) only when told, hence --find-links.
+FIND_LINKS := $(foreach dir,$(PIP_FIND_LINKS),--find-links $(dir))
+
 $(BIN)/knrecall: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e ".[test]" \
-	  || $(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet uv && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode \
+	  $(FIND_LINKS) "$(TORCH)" -e ".[test]" \
+	  || { $(BIN)/pip install --quiet "$(TORCH)" && $(BIN)/pip install --quiet -e ".[test]"; }
 	touch $@
 
 setup: $(BIN)/knrecall

@@ -14,6 +14,8 @@ rule measure:
         profile=f"{RESULTS}/recall/{{model}}/profile.parquet",
     log:
         f"{LOGS}/measure_{{model}}.log",
+    # measure -> subject_site -> scoreboard is the longest chain after the KNs: start it first
+    priority: 10
     conda:
         "../envs/knrecall.yaml"
     threads: 2

@@ -17,6 +17,7 @@ rule subject_site:
         causal=f"{RESULTS}/interventions/{{model}}/subject_causal.parquet",
     log:
         f"{LOGS}/subject_site_{{model}}.log",
+    priority: 10
     conda:
         "../envs/knrecall.yaml"
     threads: 2
@@ -69,6 +70,7 @@ rule scoreboard:
         f"{LOGS}/scoreboard_{{model}}.log",
     conda:
         "../envs/knrecall.yaml"
+    threads: 2
     params:
         spec=lambda wc: as_json({"recall": PARAMS.recall.model_dump(mode="json"), "seed": PARAMS.seed}),
         impl=IMPLEMENTATION["scoreboard"],
@@ -76,4 +78,5 @@ rule scoreboard:
         "python -m knrecall scoreboard --items {input.item_table} --predictions {input.predictions}"
         " --scores {input.scores} --null-scores {input.null_scores} --causal {input.causal}"
         " --subject-site {input.subject_site} {input.subject_scores} {input.subject_null_scores}"
-        " {input.subject_causal} --params {params.spec:q} --model-name {wildcards.model} --out {output} > {log} 2>&1"
+        " {input.subject_causal} --params {params.spec:q} --model-name {wildcards.model} --threads {threads}"
+        " --out {output} > {log} 2>&1"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from knrecall.attribution.engine import attribute_prompt
-from knrecall.attribution.position import attribute_at_position
+from knrecall.attribution.position import attribute_at_position, attribute_at_positions
 from knrecall.attribution.reference import attribute_prompt_naive
 from knrecall.errors import KnrecallError
 from knrecall.models.adapters import adapter_for
@@ -60,3 +60,31 @@ def test_a_position_outside_the_prompt_is_an_error():
     model = tiny_model("llama")
     with pytest.raises(KnrecallError, match="position 7 is outside the prompt's 7 tokens"):
         attribute_at_position(model, adapter_for(model), PROMPT, ANSWER, 7)
+
+
+# same shape (position 3, 7 tokens: one group of three), a multi-token answer (its units in two groups), no prefix
+JOBS = [(PROMPT, ANSWER, 3), (PROMPT, [12, 44], 3), ([2, 8, 40, 9, 30, 31, 5], [13], 3), (PROMPT, ANSWER, 0),
+        ([2, 8, 40], [7], 1), (PROMPT, [13], 3)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_jobs_per_forward_equal_one_job_at_a_time_for_every_family(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    single = [attribute_at_position(model, adapter, p, a, q, steps=3) for p, a, q in JOBS]
+    done = []
+    for max_rows in (5, 64):  # 5: one unit per forward, its rows in chunks; 64: units of one shape together
+        batched = attribute_at_positions(model, adapter, JOBS, steps=3, max_rows=max_rows, progress=done.append)
+        assert len(batched) == len(JOBS)
+        for fast, one in zip(batched, single):
+            assert_same(fast, one)
+            assert fast.n_answer_tokens == one.n_answer_tokens
+    assert sum(done) == 2 * sum(len(a) for _, a, _ in JOBS)  # progress counts answer tokens
+    assert relative_difference(single[0].attributions, single[5].attributions) > 1e-3  # distinct jobs stay distinct
+
+
+def test_several_jobs_check_each_position_and_accept_none():
+    model = tiny_model("llama")
+    assert attribute_at_positions(model, adapter_for(model), []) == []
+    with pytest.raises(KnrecallError, match="position 7 is outside the prompt's 7 tokens"):
+        attribute_at_positions(model, adapter_for(model), [(PROMPT, ANSWER, 2), (PROMPT, ANSWER, 7)])

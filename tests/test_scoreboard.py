@@ -120,3 +120,10 @@ def test_pathway_answers_without_ground_truth_is_empty():
     items = pl.DataFrame({"case_id": ["a"], "fact2_ans": ["Oslo"]})
     predictions = pl.DataFrame({"case_id": ["a"], "kind": ["two_hop"], "condition": ["direct"], "answer_span": ["Oslo"]})
     assert pathway_answers(items, predictions).height == 0
+
+
+def test_rows_computed_side_by_side_equal_rows_computed_one_by_one(board):
+    side_by_side = scoreboard(*_tables(), configured={"variant": "ratio", "position": "step"}, resamples=200, seed=0,
+                              workers=3)
+    assert side_by_side == board  # the same rows in the same order, every CI to the last digit
+    assert len(board["rows"]) > 3

@@ -94,7 +94,8 @@ def slurm_overrides(cluster: SlurmCluster) -> tuple[list[str], dict]:
 def assert_same_json(a, b, where="") -> None:
     if isinstance(a, float) or isinstance(b, float):
         assert isinstance(a, (int, float)) and isinstance(b, (int, float)), where
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5), f"{where}: {a} != {b}"
+        # metrics JSON rounds to 4 decimals: two values a rounding boundary apart differ by one unit in the last one
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1.01e-4), f"{where}: {a} != {b}"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), where
         for key in a:
@@ -163,7 +164,10 @@ def test_tiny_workflow_on_slurm_equals_a_local_run(slurm_cluster, request, tmp_p
         assert got.height > 0, name
         if not got.equals(want):
             inexact.append(name)
-            assert_frame_equal(got, want, check_exact=False, rel_tol=1e-5, abs_tol=1e-5)
+            # the profiles' measure batch sizes differ (16 here, 64 locally): activations then differ in their last
+            # fp32 digits (5e-8 at 0.09 on an AVX2-only CPU), and a KN score, a ratio of such small activations,
+            # carries that as ~1e-5 relative; a wrong KN, position or item would differ in the first digits
+            assert_frame_equal(got, want, check_exact=False, rel_tol=1e-4, abs_tol=1e-5)
     for name in COMPARED_JSON:
         assert_same_json(json.loads((project / "results" / name).read_text()),
                          json.loads((local / "results" / name).read_text()), name)

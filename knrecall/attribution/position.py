@@ -118,4 +118,122 @@ def attribute_at_position(
             for layer, value in zeros.items():
                 f_zero[layer] = value
         acc.add(acts.double().cpu() * ig_sum, acts, f_base, f_zero)
-    return acc.result()
+    return acc.result(adapter.neuron)
+
+
+def _shape_groups(units: list[tuple[int, int, tuple[int, ...], int, int]], per_forward: int):
+    """Units (job, token j, context, gold, position) grouped by (position, context length), at most `per_forward`
+    a group: a group's prefixes and suffixes then have one length each, with no padding and no mask."""
+    by_shape: dict[tuple[int, int], list] = {}
+    for unit in units:
+        by_shape.setdefault((unit[4], len(unit[2])), []).append(unit)
+    for shape in sorted(by_shape):
+        members = by_shape[shape]
+        for start in range(0, len(members), per_forward):
+            yield members[start : start + per_forward]
+
+
+def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, device):
+    """The IG of every unit of a shape group: (attr [B, layers, width] float64, acts [B, layers, width], f_base [B],
+    f_zero [B, layers] float64)."""
+    position = group[0][4]
+    contexts = torch.tensor([unit[2] for unit in group], device=device)
+    golds = torch.tensor([unit[3] for unit in group], device=device)
+    batch, length = contexts.shape
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer: int, activations: torch.Tensor):
+        captured[layer] = activations[:, position].detach().clone()
+        return None
+
+    with torch.no_grad(), hook_neurons(model, adapter, capture):
+        out = model(input_ids=contexts, use_cache=False, logits_to_keep=1)
+    f_base = target_values(out.logits[:, -1], golds, target)
+    acts = torch.stack([captured[layer] for layer in range(len(captured))], dim=1)  # [B, layers, width]
+    prefix_cache = None
+    if position > 0:
+        with torch.no_grad():
+            prefix_cache = model(input_ids=contexts[:, :position], use_cache=True, logits_to_keep=1).cache
+    n_layers, width = acts.shape[1:]
+    ig_sum = torch.zeros((batch, n_layers, width), dtype=torch.float64)
+    f_zero = torch.zeros((batch, n_layers), dtype=torch.float64)
+    chunk = max(1, max_rows // batch)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        plan, leaves, zero_rows = row_plan(part, alphas, acts, device)
+        n = len(part)
+
+        def replace(layer: int, activations: torch.Tensor):
+            if layer not in plan:
+                return None
+            new = activations.clone()  # never write into a tensor autograd saved
+            view = new.view(batch, n, *new.shape[1:])  # row b * n + r is unit b's row r
+            for index, values in plan[layer]:
+                view[:, index, 0, :] = values  # the suffix's first token is the scaled position
+            return new
+
+        suffix = contexts[:, position:].repeat_interleave(n, dim=0)
+        positions = torch.arange(position, length, device=device)[None].expand(batch * n, -1)
+        kwargs = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(n)
+            kwargs = {"cache": cache, "use_cache": True}
+        with torch.enable_grad(), hook_neurons(model, adapter, replace):
+            out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
+            f = target_values(out.logits[:, -1], golds.repeat_interleave(n), target).view(batch, n)
+            grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+        for (layer, steps, _), grad in zip(leaves, grads):
+            ig_sum[:, layer] += (weights[steps][None, :, None] * grad.detach().double().cpu()).sum(dim=1)
+        for layer, i in zero_rows.items():
+            f_zero[:, layer] = f[:, i].detach().double().cpu()
+    return acts.double().cpu() * ig_sum, acts, f_base, f_zero
+
+
+def attribute_at_positions(
+    model,
+    adapter: FFNAdapter,
+    jobs: list[tuple[list[int], list[int], int]],
+    *,
+    steps: int = 20,
+    rule: str = "gauss_legendre",
+    target: str = "prob",
+    max_rows: int = 256,
+    progress=None,
+) -> list[LayerwiseIG]:
+    """`attribute_at_position` of every (prompt_ids, answer_ids, position) job, several jobs per forward: the
+    answer tokens of all jobs with the same scaled position and context length share a forward (a batch dimension
+    over them, each row a copy of its own suffix against its own cached prefix), at most `max_rows` IG rows in all
+    per forward. Equal to the one-job path to float rounding (tested for every family). `progress(n)` is called
+    with the number of answer tokens done after each group."""
+    for prompt_ids, answer_ids, position in jobs:
+        check_inputs(model, prompt_ids, answer_ids)
+        if not 0 <= position < len(prompt_ids):
+            raise KnrecallError(f"attribution: position {position} is outside the prompt's {len(prompt_ids)} tokens")
+    if not jobs:
+        return []
+    model.requires_grad_(False)
+    device = next(model.parameters()).device
+    n_layers, width = len(adapter.layers(model)), adapter.width(model)
+    alphas, weights = quadrature(rule, steps)
+    rows = [(layer, k) for layer in range(n_layers) for k in range(steps)]
+    rows += [(layer, None) for layer in range(n_layers)]
+    units = [(index, j, tuple(prompt_ids) + tuple(answer_ids[:j]), gold, position)
+             for index, (prompt_ids, answer_ids, position) in enumerate(jobs) for j, gold in enumerate(answer_ids)]
+    results = {}
+    for group in _shape_groups(units, max(1, max_rows // len(rows))):
+        attr, acts, f_base, f_zero = _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows,
+                                                 device)
+        for b, unit in enumerate(group):
+            results[unit[:2]] = (attr[b], acts[b], float(f_base[b]), f_zero[b])
+        if progress is not None:
+            progress(len(group))
+    out = []
+    for index, (_, answer_ids, _) in enumerate(jobs):
+        acc = _Accumulator(n_layers, width)
+        acts = results[(index, 0)][1]  # w̄ at the position is the same for every answer token (causal)
+        for j in range(len(answer_ids)):
+            attr, _, f_base, f_zero = results[(index, j)]
+            acc.add(attr, acts, f_base, f_zero)
+        out.append(acc.result(adapter.neuron))
+    return out

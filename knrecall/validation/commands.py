@@ -99,7 +99,7 @@ def cmd_scoreboard(args: argparse.Namespace) -> None:
                ("null_scores", args.null_scores), ("causal", args.causal))}
     board = scoreboard(frames["items"], frames["predictions"], frames["scores"], frames["null_scores"],
                        frames["causal"], {"variant": params.delta, "position": params.position},
-                       params.bootstrap_resamples, payload["seed"])
+                       params.bootstrap_resamples, payload["seed"], workers=args.threads)
     board["skipped"] = read_metadata(args.causal).get("skipped_counts") or skip_counts([])
     if args.subject_site:  # the subject-site variant's rows (knrecall.validation.subject_site), beside the others
         from knrecall.validation.scoreboard import pathway_answers, subject_site_rows
@@ -110,7 +110,7 @@ def cmd_scoreboard(args: argparse.Namespace) -> None:
             site.update(subject_site_rows(scores, nulls, causal, site["case_ids"], frames["items"],
                                           pathway_answers(frames["items"], frames["predictions"]), frames["scores"],
                                           frames["null_scores"], frames["causal"], params.bootstrap_resamples,
-                                          payload["seed"]))
+                                          payload["seed"], workers=args.threads))
         board["subject_site"] = {key: value for key, value in site.items() if key != "case_ids"}
     write_json({"model": args.model_name, "scoreboard": board}, args.out)
     logging.info("scoreboard: %d rows; the rule chooses %s -> %s", len(board["rows"]), board["rule"]["chosen"],
@@ -129,6 +129,7 @@ def add_scoreboard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject-site", nargs=4, metavar=("SUMMARY", "SCORES", "NULL_SCORES", "CAUSAL"),
                    help="inputs of the subject-site variant (subject_site.json and its three parquet files), scored "
                    "and merged in")
+    p.add_argument("--threads", type=int, default=1, help="scoreboard rows computed side by side (same result)")
     p.add_argument("--out", required=True, help="output: scoreboard.json")
     p.set_defaults(func=cmd_scoreboard)
 

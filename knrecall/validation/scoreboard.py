@@ -24,6 +24,7 @@ MODES × POSITIONS. `rule.chosen` is what the rule picks on this run, `rule.conf
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import polars as pl
 from knrecall.data.correctness import is_correct
 from knrecall.recall.bootstrap import difference_ci
 from knrecall.recall.scores import MODES, PAPER_READING, POSITIONS
-from knrecall.validation.stats import auc, auc_ci, spearman, spearman_ci, stratified_auc, stratified_auc_ci
+from knrecall.validation.stats import auc, auc_ci, spearman, spearman_ci, stratified_auc_with_ci
 
 RULE_CONDITIONS = ("direct", "zero_shot_cot", "few_shot_cot")
 RULE_TEXT = ("the variant x position with the highest mean causal_spearman over hops 1 and 2 and the conditions "
@@ -72,11 +73,11 @@ def _by_fact(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     return dict(zip(facts.tolist(), np.split(frame["delta"].to_numpy(), starts[1:])))
 
 
-def _specificity(own: pl.DataFrame, null: pl.DataFrame, resamples: int, seed: int) -> dict[str, Any]:
-    nulls = _by_fact(null)
+def _specificity(own: pl.DataFrame, nulls: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, Any]:
+    """(a) from the own items' deltas and the null deltas by fact (`_by_fact`)."""
     groups = [(values, nulls.get(f, np.array([]))) for f, values in sorted(_by_fact(own).items())]
-    return {"specificity_auc": _r(stratified_auc(groups)),
-            "specificity_auc_ci": _ci(stratified_auc_ci(groups, n_resamples=resamples, seed=seed)),
+    point, ci = stratified_auc_with_ci(groups, n_resamples=resamples, seed=seed)
+    return {"specificity_auc": _r(point), "specificity_auc_ci": _ci(ci),
             "n_own": int(sum(len(p) for p, n in groups if len(n))), "n_null": int(sum(len(v) for v in nulls.values()))}
 
 
@@ -148,32 +149,40 @@ def causal_summary(causal: pl.DataFrame, resamples: int, seed: int) -> dict[str,
 
 
 def board_rows(scores: pl.DataFrame, null_scores: pl.DataFrame, causal: pl.DataFrame, pathways: pl.DataFrame,
-               resamples: int, seed: int) -> list[dict[str, Any]]:
+               resamples: int, seed: int, workers: int = 1) -> list[dict[str, Any]]:
     """One scoreboard row per (condition, hop, variant, position) of `scores` (the recall phase's long table, with
     `category`, `shortcut_planted`, `composable`), from its nulls, the per-item causal table and the pathway
-    answers (`pathway_answers`)."""
-    rows: list[dict[str, Any]] = []
+    answers (`pathway_answers`). Rows are independent (each bootstrap seeded on its own): `workers` threads compute
+    them side by side, with the same result as one (numpy's sorts and array loops release the GIL)."""
     scores = scores.sort("condition", "hop", "variant", "position", "case_id")
-    nulls = {key: g for key, g in null_scores.group_by(["condition", "variant", "position"])}
+    # the null deltas by fact, once per (condition, variant, position): both hops' rows read the same ones
+    nulls = {key: _by_fact(g) for key, g in null_scores.group_by(["condition", "variant", "position"])}
     causal_by = {key: g for key, g in causal.group_by(["condition", "hop"])}
     paths_by = {key: g for key, g in pathways.group_by(["condition"])}
     empty_causal = causal.clear()
-    for (condition, hop, variant, position), own in scores.group_by(["condition", "hop", "variant", "position"],
-                                                                  maintain_order=True):
+
+    def row_of(cell: tuple[tuple, pl.DataFrame]) -> dict[str, Any]:
+        (condition, hop, variant, position), own = cell
         row: dict[str, Any] = {"condition": condition, "hop": int(hop), "variant": variant, "position": position}
-        row.update(_specificity(own, nulls.get((condition, variant, position), null_scores.clear()), resamples, seed))
+        row.update(_specificity(own, nulls.get((condition, variant, position), {}), resamples, seed))
         row.update(_causal(own, causal_by.get((condition, hop), empty_causal), resamples, seed))
         row.update(_ground_truth(own, paths_by.get((condition,), pathways.clear()), resamples, seed))
-        rows.append(row)
-    return rows
+        return row
+
+    cells = list(scores.group_by(["condition", "hop", "variant", "position"], maintain_order=True))
+    if workers > 1 and len(cells) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(row_of, cells))
+    return [row_of(cell) for cell in cells]
 
 
 def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFrame, null_scores: pl.DataFrame,
-               causal: pl.DataFrame, configured: dict[str, str], resamples: int, seed: int) -> dict[str, Any]:
+               causal: pl.DataFrame, configured: dict[str, str], resamples: int, seed: int,
+               workers: int = 1) -> dict[str, Any]:
     """The scoreboard dict (module docstring) from the recall phase's long `scores` / `null_scores` tables, the
-    per-item causal table and the predictions (for the pathway answers)."""
+    per-item causal table and the predictions (for the pathway answers); `workers` threads (`board_rows`)."""
     pathways = pathway_answers(items, predictions)
-    rows = board_rows(scores, null_scores, causal, pathways, resamples, seed)
+    rows = board_rows(scores, null_scores, causal, pathways, resamples, seed, workers)
     pathway_counts = {c: {k: int((g["pathway"] == k).sum()) for k in ("composed", "shortcut", "neither")}
                       for (c,), g in pathways.sort("condition").group_by(["condition"], maintain_order=True)}
     return {"variants": list(MODES), "positions": list(POSITIONS), "rows": rows,
@@ -184,17 +193,17 @@ def scoreboard(items: pl.DataFrame, predictions: pl.DataFrame, scores: pl.DataFr
 def subject_site_rows(scores: pl.DataFrame, null_scores: pl.DataFrame, causal: pl.DataFrame, case_ids: list[str],
                       items: pl.DataFrame, pathways: pl.DataFrame, recall_scores: pl.DataFrame,
                       recall_null_scores: pl.DataFrame, recall_causal: pl.DataFrame, resamples: int,
-                      seed: int) -> dict[str, list]:
+                      seed: int, workers: int = 1) -> dict[str, list]:
     """{"rows": the variant's hop-1 scoreboard rows, "answer_site_rows": those of the recall phase's own hop-1 KNs
     on the same items} (`board_rows`; SC is null in `rows`). Torch-free: the scoreboard rule calls it
     on the subject-site rule's outputs (`knrecall.validation.subject_site`)."""
     meta = items.select("case_id", "shortcut_planted", "composable") if "composable" in items.columns else None
     own = scores.with_columns(pl.lit(None, dtype=pl.String).alias("category"))  # SC needs both hops' decisions
-    rows = board_rows(_with_meta(own, meta), null_scores, causal, pathways, resamples, seed)
+    rows = board_rows(_with_meta(own, meta), null_scores, causal, pathways, resamples, seed, workers)
     usual = recall_scores.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids))
     answer_rows = board_rows(usual, recall_null_scores.filter(pl.col("fact_id").is_in(usual["fact_id"].unique())),
                              recall_causal.filter((pl.col("hop") == 1) & pl.col("case_id").is_in(case_ids)), pathways,
-                             resamples, seed)
+                             resamples, seed, workers)
     return {"rows": rows, "answer_site_rows": answer_rows}
 
 

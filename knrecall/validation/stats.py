@@ -124,11 +124,10 @@ def _resampled_ranks(group: np.ndarray, n_groups: int, idx: np.ndarray) -> np.nd
     """Average ranks along each row of a[idx] (idx: rows × m indices into a), from a's tie groups: a value's rank is
     the count of drawn values in lower groups plus (the count in its own group + 1) / 2 — exact, O(m) per row."""
     rows = idx.shape[0]
-    gid = group[idx]
-    counts = np.bincount((gid + n_groups * np.arange(rows)[:, None]).ravel(),
-                         minlength=rows * n_groups).reshape(rows, n_groups)
+    flat = group[idx] + n_groups * np.arange(rows)[:, None]  # (row, group) as one index into rows × n_groups
+    counts = np.bincount(flat.ravel(), minlength=rows * n_groups).reshape(rows, n_groups)
     rank_of_group = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
-    return np.take_along_axis(rank_of_group, gid, axis=1)
+    return rank_of_group.ravel()[flat]
 
 
 def _u_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -179,22 +178,30 @@ def auc(positives: Values, negatives: Values) -> float | None:
 
 def _strata(groups: Iterable[tuple[Values, Values]]) -> tuple[np.ndarray, np.ndarray]:
     """(U_g, n_pos,g·n_neg,g) of the strata with both sides non-empty (after dropping None / NaN), all strata ranked
-    in one pass: the pooled values sorted by (stratum, value), average ranks within each stratum's ties."""
-    values, stratum, positive = [], [], []
+    in one pass: the pooled values sorted by (stratum, value), average ranks within each stratum's ties. None / NaN
+    are dropped from the pooled values at once (one pass, not one per stratum: the scoreboard has ~1000 strata)."""
+    values, sides = [], []
     for k, group in enumerate(groups):
         try:
             positives, negatives = group
         except (TypeError, ValueError):
             raise KnrecallError(f"groups[{k}]: expected a (positives, negatives) pair") from None
-        pos, _ = drop_missing(positives, "positives")
-        neg, _ = drop_missing(negatives, "negatives")
-        if pos.size and neg.size:
-            values += [pos, neg]
-            stratum.append(np.full(pos.size + neg.size, len(stratum), dtype=np.int64))
-            positive += [np.ones(pos.size, dtype=bool), np.zeros(neg.size, dtype=bool)]
-    if not stratum:
+        pos, neg = _as_float_array(positives, "positives"), _as_float_array(negatives, "negatives")
+        values += [pos, neg]
+        sides += [pos.size, neg.size]
+    if not values:
         return np.zeros(0), np.zeros(0)
-    v, g, is_pos = np.concatenate(values), np.concatenate(stratum), np.concatenate(positive)
+    v = np.concatenate(values)
+    side = np.repeat(np.arange(len(sides)), sides)  # 2k: stratum k's positives, 2k + 1: its negatives
+    keep = ~np.isnan(v)
+    v, side = v[keep], side[keep]
+    counts = np.bincount(side, minlength=len(sides)).reshape(-1, 2)
+    full = (counts[:, 0] > 0) & (counts[:, 1] > 0)  # strata with both sides non-empty, renumbered 0, 1, ...
+    if not full.any():
+        return np.zeros(0), np.zeros(0)
+    number = np.cumsum(full) - 1
+    used = full[side // 2]
+    v, g, is_pos = v[used], number[side[used] // 2], side[used] % 2 == 0
     order = np.lexsort((v, g))
     sv, sg, sp = v[order], g[order], is_pos[order]
     n = sv.size
@@ -300,7 +307,19 @@ def stratified_auc_ci(groups: Iterable[tuple[Values, Values]], n_resamples: int 
     interval has zero width. None if no stratum has both sides. Deterministic for a given seed and input.
     """
     _check(n_resamples, level)
+    return _strata_ci(*_strata(groups), int(n_resamples), int(seed), level)
+
+
+def stratified_auc_with_ci(groups: Iterable[tuple[Values, Values]], n_resamples: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float | None, Interval | None]:
+    """(`stratified_auc(groups)`, `stratified_auc_ci(groups, ...)`) from one ranking of the strata."""
+    _check(n_resamples, level)
     u, m = _strata(groups)
+    point = None if m.size == 0 else float(u.sum() / m.sum())
+    return point, _strata_ci(u, m, int(n_resamples), int(seed), level)
+
+
+def _strata_ci(u: np.ndarray, m: np.ndarray, n_resamples: int, seed: int, level: float) -> Interval | None:
     if m.size == 0:
         return None
     gen = np.random.default_rng(int(seed))
@@ -333,5 +352,5 @@ def spearman_ci(x: Values, y: Values, n_resamples: int = 1000, seed: int = 0,
     return _interval(np.concatenate(stats), int(n_resamples), level)
 
 
-__all__ = ["auc", "stratified_auc", "spearman", "auc_ci", "stratified_auc_ci", "spearman_ci", "drop_missing",
-           "drop_missing_pairs"]
+__all__ = ["auc", "stratified_auc", "spearman", "auc_ci", "stratified_auc_ci", "stratified_auc_with_ci", "spearman_ci",
+           "drop_missing", "drop_missing_pairs"]

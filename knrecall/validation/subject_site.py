@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from knrecall.attribution.kns import Selection, refined_sets, select_kns
-from knrecall.attribution.position import attribute_at_position
+from knrecall.attribution.position import attribute_at_positions
 from knrecall.attribution.run import AttributionSettings, neuron_rows, usable_prompts
 from knrecall.data.facts import facts_of
 from knrecall.data.items import Item
@@ -49,6 +49,10 @@ from knrecall.recall.steps import entity_token_variants, prompt_input_ids, subje
 from knrecall.skips import Skip, record
 
 log = logging.getLogger(__name__)
+
+# Facts whose single-hop prompts are attributed together: prompts of one shape share a forward
+# (`attribute_at_positions`), and only a block's maps are held at once.
+FACTS_PER_BLOCK = 32
 
 
 def sample_items(items: list[Item], n: int, seed: int) -> list[Item]:
@@ -81,24 +85,29 @@ def subject_kns(items: list[Item], model, tokenizer, templates: dict[str, str], 
     prompt_max: dict[str, list] = {"fact_id": [], "paraphrase": [], "max_attribution": []}
     mean_activations: dict[str, torch.Tensor] = {}
     errors: list[float] = []
-    hop1 = _hop1_subjects(items)
+    hop1 = list(_hop1_subjects(items).items())
     with tqdm(total=len(hop1), desc="subject-site attribution", unit="fact", file=sys.stderr, mininterval=10) as bar:
-        for fid, (fact, subject) in hop1.items():
-            prompts = [wrap(single_hop_prompt(q, templates)) for q in fact.questions]
-            try:
-                variants = entity_token_variants(tokenizer, subject, ())
-            except KnrecallError:  # a name the tokenizer cannot spell: never found, each prompt skipped below
-                variants = []
-            acts = []
-            for paraphrase, prompt, (prompt_ids, answer_ids) in usable_prompts(
-                    tokenizer, prompts, fact.answer, limit, fid, skipped, "subject_site"):
-                position = subject_last_position(prompt_ids, variants)
-                if position is None:
-                    record(skipped, Skip("subject_site", "subject_not_found", f"subject {subject!r} not found in "
-                                         f"prompt {prompt[:80]!r}", kind="fact", paraphrase=paraphrase, fact_id=fid))
-                    continue
-                ig = attribute_at_position(model, adapter, prompt_ids, answer_ids, position, steps=settings.steps,
-                                           rule=settings.rule, target=settings.target, max_rows=max_rows)
+        for start in range(0, len(hop1), FACTS_PER_BLOCK):  # a block's prompts share forwards (few maps held)
+            jobs = []
+            for fid, (fact, subject) in hop1[start : start + FACTS_PER_BLOCK]:
+                prompts = [wrap(single_hop_prompt(q, templates)) for q in fact.questions]
+                try:
+                    variants = entity_token_variants(tokenizer, subject, ())
+                except KnrecallError:  # a name the tokenizer cannot spell: never found, each prompt skipped below
+                    variants = []
+                for paraphrase, prompt, (prompt_ids, answer_ids) in usable_prompts(
+                        tokenizer, prompts, fact.answer, limit, fid, skipped, "subject_site"):
+                    position = subject_last_position(prompt_ids, variants)
+                    if position is None:
+                        record(skipped, Skip("subject_site", "subject_not_found", f"subject {subject!r} not found "
+                                             f"in prompt {prompt[:80]!r}", kind="fact", paraphrase=paraphrase,
+                                             fact_id=fid))
+                        continue
+                    jobs.append((fid, paraphrase, prompt_ids, answer_ids, position))
+            maps = attribute_at_positions(model, adapter, [job[2:] for job in jobs], steps=settings.steps,
+                                          rule=settings.rule, target=settings.target, max_rows=max_rows)
+            acts: dict[str, list[torch.Tensor]] = {}
+            for (fid, paraphrase, *_), ig in zip(jobs, maps):
                 layer_idx, neuron_idx = neuron_rows(ig, settings.store_threshold, settings.full_maps)
                 neurons["fact_id"] += [fid] * len(layer_idx)
                 neurons["paraphrase"] += [paraphrase] * len(layer_idx)
@@ -109,10 +118,10 @@ def subject_kns(items: list[Item], model, tokenizer, templates: dict[str, str], 
                 prompt_max["paraphrase"].append(paraphrase)
                 prompt_max["max_attribution"].append(float(ig.attributions.max()))
                 errors += ig.completeness_error.tolist()
-                acts.append(ig.activations)
-            if acts:
-                mean_activations[fid] = torch.stack(acts).mean(dim=0)
-            bar.update(1)
+                acts.setdefault(fid, []).append(ig.activations)
+            for fid, fact_acts in acts.items():
+                mean_activations[fid] = torch.stack(fact_acts).mean(dim=0)
+            bar.update(len(hop1[start : start + FACTS_PER_BLOCK]))
     neuron_frame = pl.DataFrame(neurons, schema={"fact_id": pl.String, "paraphrase": pl.Int16, "layer": pl.Int16,
                                                  "neuron": pl.Int32, "attribution": pl.Float32})
     prompt_frame = pl.DataFrame(prompt_max, schema={"fact_id": pl.String, "paraphrase": pl.Int16,
