@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     world = generate_world(args.seed, size, world_params.heldout_subject_fraction,
                            world_params.heldout_bridge_fraction, world_params.shortcut_fraction,
                            DEFAULT_TEMPLATES["direct"], cot_fraction=world_params.cot_fraction,
-                           context_fraction=world_params.context_fraction, templates=DEFAULT_TEMPLATES)
+                           context_fraction=world_params.context_fraction,
+                           pathway_fraction=world_params.pathway_fraction, templates=DEFAULT_TEMPLATES)
     tokenizer = world_tokenizer(world["corpus"], world["items"], DEFAULT_TEMPLATES, [EXEMPLAR_TEMPLATE])
     new = WorldModelParams()
     shape = ModelShape(new.hidden_size, new.intermediate_size, new.num_layers, new.num_heads)

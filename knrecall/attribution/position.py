@@ -15,6 +15,12 @@ position, so here each row is the whole suffix context[p:]:
   for every j) and the map is the mean of the per-token maps.
 
 At p = the last prompt position this is the engine's computation (tested), at more cost per row.
+
+`attribute_at_positions` does the same for many (prompt, answer, position) jobs: answer tokens with the same scaled
+position and context length share a forward (a batch dimension over them; no padding, no mask), which saves the
+per-call overhead: 1.1–1.3× for the world model on a CPU, where the rows' arithmetic dominates (a GPU, where
+per-call overhead weighs more, is not measured yet). `attribute_at_position` stays the one-job reference it is
+tested against.
 """
 
 from __future__ import annotations
