@@ -49,6 +49,23 @@ def _baseline(model, adapter, context: list[int], position: int, gold: int, targ
     return torch.stack([captured[layer] for layer in range(len(captured))]), f_base
 
 
+def _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, repeats, golds, target, leaves):
+    """The rows' forward and backward: `suffix` [rows, S] from the scaled position on (position ids position, ...),
+    each row against its own copy of the cached prefix (each cached sequence repeated `repeats` times), `replace`
+    hooking the neurons. Returns (f at each row's last token [rows], the gradients of `leaves`)."""
+    positions = torch.arange(position, position + suffix.shape[1], device=suffix.device)[None].expand(len(suffix), -1)
+    kwargs = {}
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(repeats)
+        kwargs = {"cache": cache, "use_cache": True}
+    with torch.enable_grad(), hook_neurons(model, adapter, replace):
+        out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
+        f = target_values(out.logits[:, -1], golds, target)
+        grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+    return f, grads
+
+
 def _rows_pass(model, adapter, context, position, prefix_cache, acts, rows, alphas, weights, gold, target, device):
     """One chunk of (layer, step) rows (step None: α = 0, no gradient): IG partial sums and f(0 at l)."""
     plan, leaves, zero_rows = row_plan(rows, alphas, acts, device)
@@ -63,16 +80,7 @@ def _rows_pass(model, adapter, context, position, prefix_cache, acts, rows, alph
 
     n = len(rows)
     suffix = torch.tensor([context[position:]], device=device).expand(n, -1)
-    positions = torch.arange(position, len(context), device=device)[None].expand(n, -1)
-    kwargs = {}
-    if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(n)
-        kwargs = {"cache": cache, "use_cache": True}
-    with torch.enable_grad(), hook_neurons(model, adapter, replace):
-        out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
-        f = target_values(out.logits[:, -1], gold, target)
-        grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+    f, grads = _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, n, gold, target, leaves)
     partial = torch.zeros(acts.shape, dtype=torch.float64)
     for (layer, steps, _), grad in zip(leaves, grads):
         partial[layer] += (weights[steps][:, None] * grad.detach().double().cpu()).sum(dim=0)
@@ -145,7 +153,7 @@ def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, 
     position = group[0][4]
     contexts = torch.tensor([unit[2] for unit in group], device=device)
     golds = torch.tensor([unit[3] for unit in group], device=device)
-    batch, length = contexts.shape
+    batch = len(contexts)
     captured: dict[int, torch.Tensor] = {}
 
     def capture(layer: int, activations: torch.Tensor):
@@ -179,16 +187,9 @@ def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, 
             return new
 
         suffix = contexts[:, position:].repeat_interleave(n, dim=0)
-        positions = torch.arange(position, length, device=device)[None].expand(batch * n, -1)
-        kwargs = {}
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(n)
-            kwargs = {"cache": cache, "use_cache": True}
-        with torch.enable_grad(), hook_neurons(model, adapter, replace):
-            out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
-            f = target_values(out.logits[:, -1], golds.repeat_interleave(n), target).view(batch, n)
-            grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
+        f, grads = _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, n,
+                                   golds.repeat_interleave(n), target, leaves)
+        f = f.view(batch, n)
         for (layer, steps, _), grad in zip(leaves, grads):
             ig_sum[:, layer] += (weights[steps][None, :, None] * grad.detach().double().cpu()).sum(dim=1)
         for layer, i in zero_rows.items():
