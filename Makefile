@@ -32,8 +32,8 @@ demo: setup  ## run the main job on the embedded world (profile: profiles/defaul
 	@$(BIN)/python -m knrecall timings
 	@echo "report: results/report/index.html"
 
-# Two test processes (pytest-xdist); tests/conftest.py groups the slow workflow tests so that the runs they share
-# are made once.
+# Two test processes (pytest-xdist), a test module at a time; tests/conftest.py sends the slow workflow modules first
+# and makes the tiny reference run they share once per session.
 TEST_WORKERS ?= 2
 test: setup chromium  ## run the test suite
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)

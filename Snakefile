@@ -24,6 +24,15 @@ include: "rules/report.smk"
 include: "rules/validate.smk"
 
 
+# Rules that only merge or summarise small metrics files run where Snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    world_metrics,
+    attribution_metrics,
+    recall_metrics,
+    intervention_metrics,
+
+
 onsuccess:
     remove_stale_shards()
 

@@ -18,8 +18,9 @@ Cases
 - multi-prompt (world): every single-hop paraphrase prompt of the first `--facts` facts of items.parquet (the
   workflow's "Q: {question} A:" prompts), attributed one prompt per call (`attribute_prompt`, the single-prompt
   engine) and as the workflow does it, one `attribute_prompts` call per fact (its paraphrases' rows share forwards,
-  at most `--batch-max-rows` rows each); prompts per second of both, the ratio, and the max relative difference of
-  the maps. Skipped, with a note, when the model or the items are missing.
+  at most `--batch-max-rows` rows each, 1024 like the default profile); the two alternate, `--repeats` passes each
+  (default 3), and each reports its median: prompts per second of both, the ratio, and the max relative difference
+  of the maps. Skipped, with a note, when the model or the items are missing.
 
 Per case
 - engine_s, naive_s: mean seconds per prompt (time.perf_counter; each function is warmed up once per model on a
@@ -120,7 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="prompt lengths of the random model")
     p.add_argument("--no-world", action="store_true", help="skip the world model cases")
     p.add_argument("--facts", type=int, default=12, help="facts of the world multi-prompt case")
-    p.add_argument("--batch-max-rows", type=int, default=2048,
+    p.add_argument("--repeats", type=int, default=3,
+                   help="passes of each way in the multi-prompt case, alternating; each way's median is reported")
+    p.add_argument("--batch-max-rows", type=int, default=1024,
                    help="the batched engine's rows per forward in the multi-prompt case (the workflow's max_rows)")
     return p.parse_args(argv)
 
@@ -296,16 +299,22 @@ def world_multi_prompt_case(args, steps: int, notes: list[str]) -> dict | None:
     n = sum(len(pairs) for pairs in per_fact)
     attribute_prompts(model, adapter, per_fact[0], steps=steps, max_rows=args.batch_max_rows)  # warm-up
     attribute_prompt(model, adapter, *per_fact[0][0], steps=steps, max_rows=args.max_rows)
-    log(f"[world multi-prompt] {n} prompts of {len(per_fact)} facts, one at a time ...")
-    start = time.perf_counter()
-    single = [attribute_prompt(model, adapter, p, a, steps=steps, max_rows=args.max_rows)
-              for pairs in per_fact for p, a in pairs]
-    single_s = time.perf_counter() - start
-    log(f"[world multi-prompt] batched per fact (max_rows {args.batch_max_rows}) ...")
-    start = time.perf_counter()
-    batched = [ig for pairs in per_fact
-               for ig in attribute_prompts(model, adapter, pairs, steps=steps, max_rows=args.batch_max_rows)]
-    batched_s = time.perf_counter() - start
+    # the two ways alternate, `--repeats` times each, and each keeps its median: a shared machine's speed drifts by
+    # tens of percent between one minute and the next, which a single pass of each would read as a ratio
+    single_runs, batched_runs = [], []
+    for repeat in range(args.repeats):
+        log(f"[world multi-prompt] {n} prompts of {len(per_fact)} facts, one at a time "
+            f"({repeat + 1}/{args.repeats}) ...")
+        start = time.perf_counter()
+        single = [attribute_prompt(model, adapter, p, a, steps=steps, max_rows=args.max_rows)
+                  for pairs in per_fact for p, a in pairs]
+        single_runs.append(time.perf_counter() - start)
+        log(f"[world multi-prompt] batched per fact (max_rows {args.batch_max_rows}) ({repeat + 1}/{args.repeats}) ...")
+        start = time.perf_counter()
+        batched = [ig for pairs in per_fact
+                   for ig in attribute_prompts(model, adapter, pairs, steps=steps, max_rows=args.batch_max_rows)]
+        batched_runs.append(time.perf_counter() - start)
+    single_s, batched_s = statistics.median(single_runs), statistics.median(batched_runs)
     diff = max(relative_difference(b.attributions, s.attributions) for b, s in zip(batched, single))
     # how far each fp32 engine is from the same maps in float64 (the single-prompt engine on a float64 copy): the
     # floor that two fp32 implementations with different reduction orders can agree to
@@ -318,6 +327,7 @@ def world_multi_prompt_case(args, steps: int, notes: list[str]) -> dict | None:
     return {"model": "world", "facts": len(per_fact), "prompts": n, "max_rows_single": args.max_rows,
             "max_rows_batched": args.batch_max_rows, "single_prompts_per_s": n / single_s,
             "batched_prompts_per_s": n / batched_s, "speedup": single_s / batched_s, "max_rel_diff": diff,
+            "repeats": args.repeats, "single_s_each": single_runs, "batched_s_each": batched_runs,
             "single_vs_float64": single_error, "batched_vs_float64": batched_error}
 
 

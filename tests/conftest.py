@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,12 +38,53 @@ def knrecall_cmd():
     return [sys.executable, "-m", "knrecall"]
 
 
+LOG_FORMAT = "%(asctime)s knrecall %(levelname)s %(message)s"  # as knrecall.cli.main formats its log lines
+
+
+def run_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    """`python -m knrecall ARGV`, run in this process: its exit status, stdout and stderr (log lines included, as the
+    command line writes them). For the CLI tests where a new process adds nothing but its ~5 s of torch and
+    transformers imports; a few tests still run the real command line in a fresh process (the entry point, a clean
+    environment, nothing printed at import time). The test process's torch threads and random state are restored."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from knrecall.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    placeholder = logging.NullHandler()  # main()'s logging.basicConfig adds no handler of its own while root has one
+    level, threads, rng = root.level, torch.get_num_threads(), torch.random.get_rng_state()
+    root.addHandler(placeholder)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if {"-q", "--quiet"} & set(argv) else logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(argv))
+            except SystemExit as exc:  # argparse: --help, a usage error
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        root.removeHandler(handler)
+        root.removeHandler(placeholder)
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def tiny_reference(tmp_path_factory):
     """One uninterrupted run of the tiny workflow (TINY_PARAMS, profiles/default), shared by every test that
     inspects such a run or compares with one (the workflow, kill/resume and SLURM tests): it runs once per test
     session, whichever test process asks first (the others wait for it on a file lock in the session's shared
-    temporary directory). Tests may run dry runs in it and restore what they edit; to change it, copy it first."""
+    temporary directory). Other test processes read it at the same time: never edit or write into it; copy it first
+    (`workflow_helpers.copy_project`)."""
     from filelock import FileLock
 
     from workflow_helpers import copy_workflow, snakemake
@@ -60,15 +102,13 @@ def tiny_reference(tmp_path_factory):
 
 
 # With pytest-xdist (`make test` runs two test processes), the tests are sent to the processes a module at a time
-# (xdist's "loadscope", so module fixtures are built once), except that the workflow and kill/resume modules go
-# together, since the session fixtures they share (the tiny reference run, the kill/resume chain) should be made
-# once. The slowest units are collected first, so that neither process is left with a long one at the end.
-# (xdist's own `--dist loadgroup` marks do not group under pytest 9.2.)
-TEST_GROUPS = {"test_workflow.py": "tiny_reference", "test_kill_resume.py": "tiny_reference"}
-# (The SLURM test, the longest, asks for the shared tiny reference run only after its own run: by then the other
-# process has made it.)
-SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_dvc.py", "test_two_models.py",
-              "test_validate_worlds.py"]
+# (xdist's "loadscope", so module fixtures are built once), in the order collected here, the slow workflow modules
+# first, so that neither process is left with a long one at the end (xdist would otherwise reorder the modules by
+# their number of tests, which puts the one-test workflow modules last). The first two make no use of the other's
+# work: the SLURM test asks for the shared tiny reference run only after its own run, and the kill/resume test makes
+# it; the validate_worlds test asks for it after its own run too, and the workflow and DVC tests copy it.
+SLOW_FIRST = ["test_slurm.py", "test_kill_resume.py", "test_workflow.py", "test_validate_worlds.py",
+              "test_two_models.py", "test_dvc.py"]
 
 
 def _module(nodeid: str) -> str:
@@ -85,9 +125,6 @@ try:
 except ImportError:  # plain pytest: nothing to schedule
     pass
 else:
-    class GroupedScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return TEST_GROUPS.get(_module(nodeid)) or super()._split_scope(nodeid)
-
     def pytest_xdist_make_scheduler(config, log):
-        return GroupedScheduling(config, log)
+        config.option.loadscopereorder = False  # keep the collection order above
+        return LoadScopeScheduling(config, log)

@@ -15,7 +15,8 @@ from transformers import BertConfig, GPT2Config
 from knrecall.config import AttributionParams
 from knrecall.errors import KnrecallError
 from knrecall.models import adapters
-from knrecall.models.adapters import NEURON_DEFINITIONS, SUPPORTED_FAMILIES, adapter_for, hook_neurons, num_layers
+from knrecall.models.adapters import (NEURON_DEFINITIONS, SUPPORTED_FAMILIES, adapter_for, hook_layer_inputs,
+                                     hook_neurons, num_layers, skip_layers_below)
 from knrecall.models.load import ModelSpec, load_model
 
 # Written out independently of the adapters' own table: the name of decoder layer i, the output projection in it ...
@@ -404,3 +405,70 @@ def test_family_without_a_pre_activation_module_is_one_line_naming_family_and_de
     assert "\n" not in message
     assert message.startswith("model family 'gpt_neox' has no pre-activation neuron (attribution.neuron: "
                               "pre_activation)")
+
+
+def _layer_inputs(model, ids) -> dict[int, torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+
+    def capture(i, hidden):
+        seen[i] = hidden.detach().clone()
+
+    with torch.no_grad(), hook_layer_inputs(model, None, capture):
+        logits = model(ids).logits
+    return seen, logits
+
+
+def test_layer_inputs_are_the_previous_layers_outputs(family_model):
+    family, model = family_model
+    ids = _ids()
+    seen, _ = _layer_inputs(model, ids)
+    outputs = {}
+    handles = [_module(model, LAYER_NAMES[family].format(i=i)).register_forward_hook(
+        lambda m, a, out, i=i: outputs.__setitem__(i, (out[0] if isinstance(out, tuple) else out).detach().clone()))
+        for i in range(LAYERS)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(seen) == list(range(LAYERS)) and seen[0].shape == (BATCH, SEQ, HIDDEN)
+    for i in range(1, LAYERS):
+        assert torch.equal(seen[i], outputs[i - 1]), i
+    assert _no_hooks_left(model)
+
+
+def test_starting_at_a_layer_with_its_inputs_gives_the_same_logits(family_model):
+    """The layers below `start` skipped, layer `start` given the hidden states a plain forward gave it: the same
+    logits, for every start; a wrong input (another layer's) changes them; every layer is itself again after."""
+    family, model = family_model
+    ids = _ids(1)
+    seen, plain = _layer_inputs(model, ids)
+    layers = adapter_for(model).decoder_layers(model)
+    for start in range(LAYERS):
+        with torch.no_grad(), skip_layers_below(model, None, start), \
+                hook_layer_inputs(model, None, lambda i, hidden: seen[start] if i == start else None):
+            skipped = model(ids).logits
+        torch.testing.assert_close(skipped, plain, rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), skip_layers_below(model, None, LAYERS - 1), \
+            hook_layer_inputs(model, None, lambda i, hidden: seen[0] if i == LAYERS - 1 else None):
+        wrong = model(ids).logits
+    assert (wrong - plain).abs().max() > 1e-3
+    assert all("forward" not in layer.__dict__ for layer in layers) and _no_hooks_left(model)
+
+
+def test_skipped_layers_are_restored_after_an_exception_and_keep_their_own_forward():
+    model = tiny_model("llama")
+    layers = adapter_for(model).decoder_layers(model)
+    own = layers[0].forward  # an instance-level forward, as accelerate sets for offloading
+    layers[0].forward = own
+    with pytest.raises(RuntimeError, match="in the body"):
+        with skip_layers_below(model, None, 2):
+            assert layers[0].forward is not own and layers[1].forward.__name__ == "_pass_through"
+            raise RuntimeError("in the body")
+    assert layers[0].__dict__["forward"] is own and "forward" not in layers[1].__dict__
+    del layers[0].forward
+    with pytest.raises(KnrecallError, match="shape"):
+        with hook_layer_inputs(model, None, lambda i, hidden: hidden[..., :-1]):
+            model(_ids())
+    assert _no_hooks_left(model)

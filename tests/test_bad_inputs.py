@@ -1,8 +1,9 @@
 """Bad inputs, each through the command line as a user meets it: one line naming the cause, exit 2, no output file.
 
-Beside them, the per-item problems that do NOT stop a run (`knrecall.skips`): one warning line per skipped item
-naming it and the reason, the count in the output's metadata (and the answering phase's skipped table), exit 0 and
-every other item answered. A model whose every two-hop question is skipped still stops (the context case below).
+Each case runs in this process (`run_cli`), a few also as a real command line in a fresh process. Beside them, the
+per-item problems that do NOT stop a run (`knrecall.skips`): one warning line per skipped item naming it and the
+reason, the count in the output's metadata (and the answering phase's skipped table), exit 0 and every other item
+answered. A model whose every two-hop question is skipped still stops (the context case below).
 
 `python tests/test_bad_inputs.py` prints every case with the message it gives (for the documentation).
 """
@@ -18,6 +19,7 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as a script, too
+from conftest import run_cli  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
 from knrecall.world.tokenizer import build_tokenizer  # noqa: E402
@@ -179,14 +181,21 @@ def _config_only(folder: Path) -> Path:
 
 
 def _run(argv):
+    """The real command line: a fresh process, a clean environment."""
     return subprocess.run([sys.executable, "-m", "knrecall", *argv], capture_output=True, text=True,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_line_and_no_output(case, tmp_path):
+# the cases also run as a real command line in a fresh process (the others run in this one: `run_cli`)
+IN_A_FRESH_PROCESS = ["malformed JSON", "answer that tokenizes to nothing", "missing model path",
+                      "KNs selected under another neuron definition"]
+
+
+@pytest.mark.parametrize("case, fresh", [(case, False) for case in CASES] + [(case, True) for case in IN_A_FRESH_PROCESS],
+                         ids=[*CASES, *(f"{case} (fresh process)" for case in IN_A_FRESH_PROCESS)])
+def test_bad_input_gives_one_line_and_no_output(case, fresh, tmp_path):
     argv, output, expected = CASES[case](tmp_path)
-    result = _run(argv)
+    result = _run(argv) if fresh else run_cli(argv)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("knrecall: error: "), result.stderr
@@ -206,7 +215,7 @@ def test_a_per_item_problem_is_skipped_counted_and_the_run_continues(case, tmp_p
     from knrecall.io import read_metadata
 
     argv, output, skipped_table, expected = SKIP_CASES[case](tmp_path)
-    result = _run(argv)
+    result = run_cli(argv)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "knrecall: error" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if " WARNING skipped " in line]

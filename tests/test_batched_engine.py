@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from knrecall.attribution.batched import attribute_prompts
-from knrecall.attribution.engine import attribute_prompt
+from knrecall.attribution.engine import attribute_prompt, layer_blocks
 from knrecall.attribution.quadrature import RULES
 from knrecall.models.adapters import adapter_for
 
-from tiny_models import FAMILIES, tiny_model
+from tiny_models import FAMILIES, tiny_config, tiny_model
 
 # different lengths (left padding), single- and multi-token answers, one prompt without a prefix
 PROMPTS = [
@@ -86,3 +87,29 @@ def test_grouping_does_not_change_the_result():
     together = attribute_prompts(model, adapter, PROMPTS[::-1], steps=4, max_rows=10_000)[::-1]
     for a, t in zip(alone, together):
         assert relative_difference(t.attributions, a.attributions) < 1e-6
+
+
+def test_layer_blocks_take_as_few_layers_as_fill_a_quarter_of_max_rows():
+    assert layer_blocks(4, 300, 1024) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # 300 >= 256
+    assert layer_blocks(4, 147, 1024) == [range(0, 2), range(2, 4)]  # a fact's 7 prompts x 21 rows of the world
+    assert layer_blocks(4, 147, 2048) == [range(0, 4)]  # one pass, nothing skipped
+    assert layer_blocks(5, 100, 1024) == [range(0, 3), range(3, 5)]
+    assert layer_blocks(3, 1, 1) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_passes_of_several_layers_starting_above_the_first(family):
+    """A 4-layer model whose rows go in passes of two layers ([0, 1] and [2, 3]: the second pass starts at layer 2 with
+    the baseline's hidden states) and of one layer each: both equal the single-prompt engine."""
+    config = tiny_config(family)
+    config.update({"n_layer": 4} if family == "gpt2" else {"num_hidden_layers": 4})
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    adapter = adapter_for(model)
+    prompts = PROMPTS[:2]
+    singles = [attribute_prompt(model, adapter, p, a, steps=4) for p, a in prompts]
+    units_per_group, rows_per_unit_layer = 4, 5  # 4 answer tokens in all; steps 4 + the alpha = 0 row
+    for max_rows, blocks in ((4 * 2 * units_per_group * rows_per_unit_layer, 2), (4 * units_per_group, 4)):
+        assert len(layer_blocks(4, units_per_group * rows_per_unit_layer, max_rows)) == blocks
+        for b, s in zip(attribute_prompts(model, adapter, prompts, steps=4, max_rows=max_rows), singles):
+            assert_same(b, s)

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from conftest import run_cli
 from knrecall.cli import build_parser
 
 COMMANDS = [[], ["world"], ["world", "generate"], ["world", "train"], ["world", "metrics"], ["data"], ["data", "import"],
@@ -45,7 +46,7 @@ def test_missing_model_path_fails_in_one_line(tmp_path):
     items = tmp_path / "items.parquet"
     write_items([Item("1", "tfrkn", "q?", ["a?"], "b", ["c?"], "d")], items)
     params = '{"answer": {"conditions": ["direct"], "max_new_tokens": 2}, "prompts": {"direct": "Q: {question} A:"}, "model": {"path": "/nonexistent/model"}, "seed": 0}'
-    result = run("answer", "--items", str(items), "--params", params, "--out", str(tmp_path / "p.parquet"))
+    result = run_cli(["answer", "--items", str(items), "--params", params, "--out", str(tmp_path / "p.parquet")])
     assert result.returncode == 2
     assert "/nonexistent/model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.parquet").exists()

@@ -1,5 +1,9 @@
 """DVC regression: repro + push, a fresh clone + pull has nothing to rerun, and one edited parameter reruns exactly
-its dependents."""
+its dependents.
+
+The project is a copy of the session's tiny reference run (results and Snakemake's records included): `dvc repro`
+runs the stage's real command, `snakemake --profile profiles/default`, which finds every output up to date, and DVC
+then versions what that run made. (The workflow run itself is tested by the reference's own tests.)"""
 
 import json
 import sys
@@ -7,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from workflow_helpers import copy_workflow, edit_params, run, scheduled_jobs, snakemake
+from workflow_helpers import copy_project, edit_params, run, scheduled_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +22,9 @@ def dvc(cwd, *args):
     return run([sys.executable, "-m", "dvc", *args], cwd)
 
 
-def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
+def test_push_clone_pull_then_nothing_to_do(tiny_reference, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    project = copy_workflow(tmp_path / "proj")
+    project = copy_project(tiny_reference, tmp_path / "proj")
     (project / ".gitignore").write_text((ROOT / ".gitignore").read_text())
     run(["git", "init", "-q"], project)
     dvc(project, "init", "-q")
@@ -28,7 +32,8 @@ def test_push_clone_pull_then_nothing_to_do(tmp_path, monkeypatch):
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-qm", "workflow"], project)
 
-    dvc(project, "repro")
+    repro = dvc(project, "repro")
+    assert "Nothing to be done" in repro.stdout + repro.stderr  # the stage's snakemake ran and found it all done
     metrics = json.loads((project / "results" / "metrics" / "world.json").read_text())
     assert metrics["n_items"] > 0
     shown = dvc(project, "metrics", "show").stdout

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import run_cli
 from knrecall.data.items import Item
 from knrecall.errors import KnrecallError
 from knrecall.interventions.analysis import analyse_interventions
@@ -213,7 +214,7 @@ def test_run_shard_is_deterministic_and_shard_invariant():
         assert row["generated_ids"] == plain.generated_ids
 
 
-def test_intervene_prompt_prints_both_answers(tmp_path, knrecall_cmd):
+def test_intervene_prompt_prints_both_answers(tmp_path):
     model = tiny_model("llama")
     items = _world_items()
     _, tok = _tiny_world_model(items)
@@ -222,16 +223,15 @@ def test_intervene_prompt_prints_both_answers(tmp_path, knrecall_cmd):
     tok.save_pretrained(tmp_path / "m")
     args = ["intervene-prompt", "--model", str(tmp_path / "m"), "--prompt", "Q: Where was Ann born ? A:",
             "--gold", "Paris", "--neuron", "0:3", "--neuron", "1:7", "--factor", "0", "--max-new-tokens", "3"]
-    result = subprocess.run(knrecall_cmd + args, capture_output=True, text=True)
+    result = run_cli(args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("without intervention: answer ")
     assert lines[1].startswith("with intervention (x0 on 2 neurons, last_prompt): answer ")
     assert "P(gold first token) = " in lines[1]
-    bad = subprocess.run(knrecall_cmd + args[:-8] + ["--neuron", "three", "--max-new-tokens", "3"],
-                         capture_output=True, text=True)
+    bad = run_cli(args[:-8] + ["--neuron", "three", "--max-new-tokens", "3"])
     assert bad.returncode == 2 and bad.stderr.strip() == "knrecall: error: --neuron 'three': expected LAYER:INDEX, e.g. 3:117"
-    big = subprocess.run(knrecall_cmd + args[:7] + ["--neuron", f"0:{WIDTHS['llama']}"], capture_output=True, text=True)
+    big = run_cli(args[:7] + ["--neuron", f"0:{WIDTHS['llama']}"])
     assert big.returncode == 2 and f"neuron {WIDTHS['llama']} of layer 0 is out of range" in big.stderr
 
 
@@ -263,21 +263,19 @@ def test_tables_command_prints_every_table(tmp_path, knrecall_cmd):
     assert empty.returncode == 2 and "neither recall.json nor interventions.json" in empty.stderr
 
 
-def test_intervene_rejects_a_shard_outside_the_shard_count(tmp_path, knrecall_cmd):
+def test_intervene_rejects_a_shard_outside_the_shard_count(tmp_path):
     import json
 
     params = {"interventions": {"shards": 2}, "answer": {}, "prompts": {"direct": "Q: {question} A:"},
               "model": {"path": "world"}, "seed": 0}
     out = tmp_path / "shard.parquet"
-    result = subprocess.run(knrecall_cmd + ["intervene", "--items", "i.parquet", "--kns", "k.parquet", "--params",
-                                            json.dumps(params), "--shard", "2", "--out", str(out)],
-                            capture_output=True, text=True)
+    result = run_cli(["intervene", "--items", "i.parquet", "--kns", "k.parquet", "--params", json.dumps(params),
+                      "--shard", "2", "--out", str(out)])
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip() == "knrecall: error: --shard 2 is outside 0..1 (interventions.shards = 2)"
     params["interventions"]["position_policy"] = "everywhere"
-    result = subprocess.run(knrecall_cmd + ["intervene", "--items", "i.parquet", "--kns", "k.parquet", "--params",
-                                            json.dumps(params), "--shard", "0", "--out", str(out)],
-                            capture_output=True, text=True)
+    result = run_cli(["intervene", "--items", "i.parquet", "--kns", "k.parquet", "--params", json.dumps(params),
+                      "--shard", "0", "--out", str(out)])
     assert result.returncode == 2 and "key 'position_policy'" in result.stderr and not out.exists()
 
 

@@ -4,17 +4,21 @@ One project is run without interruption (the reference). A second copy is run as
 started like a user would (`snakemake`, the default profile) in its own session and, at a chosen point, Snakemake
 and all its job processes get SIGKILL together (a power cut, an OOM kill of the whole tree, a killed CI runner):
 
-1. while `train_world_model` is training;
-2. after the first `attribute` shard has finished, while the second one is computing (the run gives `attribute` its
-   rule default `gpu=1`, as on a one-GPU machine, so that the two shards run one after the other);
-3. while both `intervene` shards are computing;
+1. while the `train_world_model` job runs;
+2. after the first `attribute` shard has finished, while the second one runs (the run gives `attribute` its rule
+   default `gpu=1`, as on a one-GPU machine, so that the two shards run one after the other);
+3. while both `intervene` shards run (that run goes `--until intervene`, as a user may run one phase, so that the two
+   shards are the only jobs left to start once the KNs are selected and always run side by side);
 
-then a last plain run finishes the workflow. After each kill, every output present under results/ must be complete
-(readable and equal to the reference's), the jobs that were killed must be run again by the next run while a shard
-Snakemake had already recorded as done must not, and the temporary files the kills left behind must never be read
-(their access times are checked). Since a kill seldom lands in the milliseconds of a write, the test also plants,
-after each kill, a half-written `.name.XXXX.tmp` beside every output of the killed jobs, as a kill during the write
-would leave it. The finished project must equal the reference and be up to date.
+then a last plain run finishes the workflow. A kill point is the job's process being alive, not a line in its log:
+the tiny model computes for milliseconds after its imports, too short a window to catch reliably on a busy machine
+(the job is killed before its output is written either way; a kill during the write is covered below). After each
+kill, every output present under results/ must be complete (readable and equal to the reference's), the jobs that
+were killed must be run again by a later run while a shard Snakemake had already recorded as done must not, and the
+temporary files the kills left behind must never be read (their access times are checked). Since a kill seldom
+lands in the milliseconds of a write, the test also plants, after each kill, a half-written `.name.XXXX.tmp` beside
+every output of the killed jobs, as a kill during the write would leave it. The finished project must equal the
+reference and be up to date.
 
 After a SIGKILL Snakemake leaves its lock behind, so the next run stops with "Directory cannot be locked"; as a
 user would, the test then runs `snakemake --unlock` and starts again (and prints that it did).
@@ -111,31 +115,22 @@ def _wait_until_group_is_dead(pgid: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- kill points
-def _log_has(project: Path, pattern: str, text: str) -> list[str]:
-    """The names of the logs matching `pattern` that contain `text`."""
-    return [log.name for log in sorted((project / "results" / "logs").glob(pattern))
-            if text in log.read_text(errors="replace")]
-
-
 def _training(project: Path, jobs: set[Job]) -> bool:
-    return (any(job.command == "world train" for job in jobs)
-            and bool(_log_has(project, "train_world_model.log", "train world model:")))
+    return any(job.command == "world train" for job in jobs)
 
 
 def _one_shard_attributed(project: Path, jobs: set[Job]) -> bool:
-    """One shard's two outputs exist and the other shard is computing its integrated gradients (logged `N prompts`)."""
+    """One shard's two outputs exist and the other shard's job runs."""
     folder = project / "results" / "attribution" / "world"
     done = [i for i in (0, 1) if (folder / f"shard-000{i}.parquet").exists()
             and (folder / f"shard-000{i}.layers.parquet").exists()]
     running = [job for job in jobs if job.command == "attribute"]
-    return (len(done) == 1 and len(running) == 1 and running[0].out.endswith(f"shard-000{1 - done[0]}.parquet")
-            and bool(_log_has(project, f"attribute_world_000{1 - done[0]}.log", " prompts")))
+    return len(done) == 1 and len(running) == 1 and running[0].out.endswith(f"shard-000{1 - done[0]}.parquet")
 
 
 def _intervening(project: Path, jobs: set[Job]) -> bool:
-    """Both shards are running and at least one is generating (logged `items x N interventions`)."""
-    return (len({job.out for job in jobs if job.command == "intervene"}) == 2
-            and bool(_log_has(project, "intervene_world_*.log", " interventions")))
+    """Both intervene shards' jobs run."""
+    return len({job.out for job in jobs if job.command == "intervene"}) == 2
 
 
 @dataclass
@@ -147,10 +142,10 @@ class KillPoint:
 
 
 KILL_POINTS = [
-    KillPoint("while training the world model", _training, "world train"),
-    KillPoint("after the first attribute shard finished, while the second computes", _one_shard_attributed,
+    KillPoint("while the world model's training job runs", _training, "world train"),
+    KillPoint("after the first attribute shard finished, while the second runs", _one_shard_attributed,
               "attribute", ("--set-resources", "attribute:gpu=1")),
-    KillPoint("while both intervene shards compute", _intervening, "intervene"),
+    KillPoint("while both intervene shards run", _intervening, "intervene", ("--until", "intervene")),
 ]
 
 
@@ -292,7 +287,7 @@ class Kill:
     problems: list[str]
     temporaries: list[Path]
     recorded_done: list[str] = field(default_factory=list)  # shard outputs Snakemake had finished before the kill
-    rerun_outputs: list[str] = field(default_factory=list)  # what the next run executed
+    rerun_outputs: list[str] = field(default_factory=list)  # what the runs after it executed
 
 
 @dataclass
@@ -394,8 +389,8 @@ def chain(projects, reference) -> Chain:
     for index, point in enumerate(KILL_POINTS):
         jobs, _, needed = _run_until(project, point, base / f"run-{index}.log")
         unlocks += needed
-        if kills:
-            kills[-1].rerun_outputs = _executed_outputs((base / f"run-{index}.log").read_text())
+        for kill in kills:
+            kill.rerun_outputs += _executed_outputs((base / f"run-{index}.log").read_text())
         assert any(job.command == point.killed_command for job in jobs), (point.name, jobs)
         problems, temporaries = _inspect(project, reference)
         temporaries += _plant_partial_writes(project, reference, jobs, f"kill{index}")
@@ -407,7 +402,8 @@ def chain(projects, reference) -> Chain:
               f"{len(kill.temporaries)} temporary file(s) left or planted")
     final_output, needed = _finish(project)
     unlocks += needed
-    kills[-1].rerun_outputs = _executed_outputs(final_output)
+    for kill in kills:
+        kill.rerun_outputs += _executed_outputs(final_output)
     seconds = time.monotonic() - started
     print(f"[kill-resume] {len(kills)} kills and the finishing run: {seconds:.0f} s; "
           f"'snakemake --unlock' was needed {unlocks} time(s) after a SIGKILL")
@@ -430,12 +426,14 @@ def test_no_partial_output_is_left_by_a_kill(chain):
         assert kill.problems == [], f"after the kill {kill.point.name}:\n" + "\n".join(kill.problems)
 
 
-def test_the_next_run_redoes_the_killed_jobs_and_keeps_finished_ones(chain):
+def test_later_runs_redo_the_killed_jobs_and_keep_finished_ones(chain):
+    """A killed job is run again by a later run (the next one, or the last when the next one, going `--until
+    intervene`, does not need it); a shard Snakemake recorded as finished is never run again."""
     for kill in chain.kills:
         for job in kill.killed:
             assert any(out == job.out or out.startswith(job.out + "/") for out in kill.rerun_outputs), (
-                f"{job} was killed {kill.point.name} but the next run did not run it again: {kill.rerun_outputs}")
-        for done in kill.recorded_done:  # a shard Snakemake recorded as finished is kept
+                f"{job} was killed {kill.point.name} but no later run ran it again: {kill.rerun_outputs}")
+        for done in kill.recorded_done:
             assert done not in kill.rerun_outputs, f"{done} was done before the kill {kill.point.name} but was redone"
 
 

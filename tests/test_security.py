@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
 
+from conftest import run_cli
 from knrecall.config import parse_params
 from knrecall.errors import KnrecallError
 from knrecall.models.load import ModelSpec, load_model
@@ -74,13 +74,13 @@ def test_folders_without_weights_or_config_are_named(tmp_path):
         load_model(ModelSpec(str(tmp_path / "config-only")))
 
 
-def test_security_switches_default_off_and_reach_the_cli(tmp_path, knrecall_cmd):
+def test_security_switches_default_off_and_reach_the_cli(tmp_path):
     params = parse_params({})
     assert all(not m.trust_remote_code and not m.allow_pickle for m in params.models.values())
     _save(tmp_path / "m", pickled=True)
     args = ["intervene-prompt", "--model", str(tmp_path / "m"), "--prompt", "a b", "--gold", "c", "--neuron", "0:1",
             "--max-new-tokens", "1"]
-    refused = subprocess.run(knrecall_cmd + args, capture_output=True, text=True)
+    refused = run_cli(args)
     assert refused.returncode == 2 and "only pickled weights" in refused.stderr
-    allowed = subprocess.run(knrecall_cmd + args + ["--allow-pickle"], capture_output=True, text=True)
+    allowed = run_cli(args + ["--allow-pickle"])
     assert allowed.returncode == 0, allowed.stderr

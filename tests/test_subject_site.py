@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import run_cli
 from knrecall.attribution.kns import Selection, refined_sets
 from knrecall.attribution.position import attribute_at_position
 from knrecall.attribution.run import AttributionSettings
@@ -118,9 +119,8 @@ def test_a_subject_the_tokenizer_cannot_spell_is_skipped_not_fatal():
     assert info["prompts_attributed"] == len(items) - 1
 
 
-def test_a_dataset_without_subjects_skips_the_variant_and_the_run_goes_on(tmp_path, knrecall_cmd):
+def test_a_dataset_without_subjects_skips_the_variant_and_the_run_goes_on(tmp_path):
     import json
-    import subprocess
 
     from knrecall.data.items import write_items
 
@@ -130,9 +130,8 @@ def test_a_dataset_without_subjects_skips_the_variant_and_the_run_goes_on(tmp_pa
     outs = {flag: tmp_path / name for flag, name in (("--out", "s.json"), ("--kns-out", "k.parquet"),
                                                      ("--scores-out", "s.parquet"), ("--null-scores-out", "n.parquet"),
                                                      ("--causal-out", "c.parquet"))}
-    result = subprocess.run([*knrecall_cmd, "subject-site", "--items", str(tmp_path / "items.parquet"),
-                             "--predictions", "unused", "--steps", "unused", "--params", json.dumps(params),
-                             *[str(x) for kv in outs.items() for x in kv]], capture_output=True, text=True)
+    result = run_cli(["subject-site", "--items", str(tmp_path / "items.parquet"), "--predictions", "unused",
+                      "--steps", "unused", "--params", json.dumps(params), *[str(x) for kv in outs.items() for x in kv]])
     assert result.returncode == 0, result.stderr
     summary = json.loads(outs["--out"].read_text())
     assert summary["items"] == 0 and "no item has a subject" in summary["not_run"]

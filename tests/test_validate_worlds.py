@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 import yaml
 
@@ -290,9 +291,13 @@ def test_without_the_world_the_target_says_why(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_run_of_two_tiny_worlds(tmp_path):
-    """About 80 s on 2 busy cores: each world generated, trained and measured in its own nested run."""
-    project = copy_workflow(tmp_path / "proj", params={**TINY_PARAMS, "validation": {"world_seeds": 2}})
+def test_a_real_run_of_two_tiny_worlds(tmp_path, request):
+    """About 80 s on 2 busy cores: each world generated, trained and measured in its own nested run. The seed-0
+    world is the session's tiny reference run made again (same seed, same science parameters, another process and
+    directory): its world, trained model and answers must be byte-identical to it (same seed, same results)."""
+    # one attribution and one intervention shard per world (the shards are tested elsewhere): fewer jobs to start
+    project = copy_workflow(tmp_path / "proj", params={**TINY_PARAMS, "validation": {"world_seeds": 2},
+                                                       "attribution": {"shards": 1}, "interventions": {"shards": 1}})
     snakemake(project, "validate_worlds")
     results = project / "results"
     data = json.loads((results / "metrics" / "validate_worlds.json").read_text())
@@ -320,6 +325,13 @@ def test_a_real_run_of_two_tiny_worlds(tmp_path):
     assert "Replication across worlds" in (results / "validate" / "index.html").read_text()
     assert not list((project / ".snakemake" / "locks").glob("*"))
     assert scheduled_jobs(snakemake(project, "-n", "validate_worlds").stdout) == {}  # nothing reruns
+
+    # asked for only now, so that the other test process has meanwhile made it
+    again, first = results / "validate" / "seed-0" / "results", request.getfixturevalue("tiny_reference") / "results"
+    for path in ("world/corpus.jsonl", "world/items.json", "models/world/model.safetensors"):
+        assert (again / path).read_bytes() == (first / path).read_bytes(), path
+    for path in ("items.parquet", "predictions/world.parquet"):
+        assert pl.read_parquet(again / path).equals(pl.read_parquet(first / path)), path
 
 
 def test_the_subject_site_rows_are_replicated_as_their_own_sources(three_seeds):

@@ -14,7 +14,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT
-from workflow_helpers import copy_workflow, edit_params, scheduled_jobs, snakemake, tool_env
+from workflow_helpers import copy_project, copy_workflow, edit_params, scheduled_jobs, snakemake, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,10 @@ def test_bad_params_stop_with_one_line_naming_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_reference):
-    return tiny_reference
+def tiny_run(tiny_reference, tmp_path_factory):
+    """This module's own copy of the session's tiny reference run, which other test processes read meanwhile: the
+    tests here edit its parameters (and restore them) and write into it."""
+    return copy_project(tiny_reference, tmp_path_factory.mktemp("tiny-run") / "proj")
 
 
 def test_tiny_run_writes_every_output(tiny_run):
@@ -304,13 +306,11 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
 
 
 def _shard_dependent_outputs(results: Path) -> dict:
-    """What must not depend on the shard counts: KN sets (sorted), recall rows and metrics, intervention rows."""
+    """What must not depend on the shard counts: the KN sets (sorted) and the intervention rows."""
     keys = ["fact_id", "level", "paraphrase", "layer", "neuron"]
     order = ["case_id", "condition", "intervention", "control_seed"]
     return {
         "kns": pl.read_parquet(results / "kns" / "world.parquet").sort(keys, nulls_last=True),
-        "recall": pl.read_parquet(results / "recall" / "world" / "recall.parquet"),
-        "recall.json": json.loads((results / "metrics" / "recall.json").read_text()),
         "interventions": pl.concat([pl.read_parquet(p) for p in sorted((results / "interventions" / "world")
                                                                          .glob("shard-*.parquet"))])
                            .sort(order, nulls_last=True),
@@ -319,37 +319,37 @@ def _shard_dependent_outputs(results: Path) -> dict:
     }
 
 
-def test_same_seed_same_outputs_and_shard_counts_do_not_matter(tiny_run, tmp_path):
-    """A second run with the same seed but 4 attribution and 4 intervention shards, then the same project with 1 and
-    1 (only the sharded phases rerun; the 4-shard files are removed): the world, the trained model and the answers are byte-identical to the tiny
-    run's (2 and 2 shards); the KN sets, recall rows and recall metrics are equal for 1, 2 and 4 shards; the
-    intervention rows too (up to float rounding of gold_prob, as other batch compositions round differently)."""
-    other = copy_workflow(tmp_path / "proj4")
-    edit_params(other, "attribution", "shards", 4)
-    edit_params(other, "interventions", "shards", 4)
-    snakemake(other)
-    a, b = tiny_run / "results", other / "results"
-    for path in ("world/corpus.jsonl", "world/items.json", "models/world/model.safetensors"):
-        assert (a / path).read_bytes() == (b / path).read_bytes(), path
-    for path in ("items.parquet", "predictions/world.parquet"):
-        assert pl.read_parquet(a / path).equals(pl.read_parquet(b / path)), path
-    by_shards = {2: _shard_dependent_outputs(a), 4: _shard_dependent_outputs(b)}
-    edit_params(other, "attribution", "shards", 1)
-    edit_params(other, "interventions", "shards", 1)
-    rerun = snakemake(other)
-    assert "rule train_world_model" not in rerun.stdout + rerun.stderr
-    # the shards 0001-0003 of the 4-shard run are removed once the 1-shard run succeeds (not left for DVC to version)
-    assert "results/attribution/world/shard-0003.layers.parquet (a shard of an earlier run" in rerun.stderr
+def _sharded_targets(shards: int) -> list[str]:
+    """What the shard counts touch: the KNs (selected from the attribution shards) and the intervention shards."""
+    return ["results/kns/world.parquet", *(f"results/interventions/world/shard-{i:04d}.parquet" for i in range(shards))]
+
+
+def test_shard_counts_do_not_matter(tiny_run, tmp_path):
+    """The tiny run (2 attribution and 2 intervention shards) copied, rerun with 3 and 3, then with 1 and 1, each
+    time up to the KNs and the intervention shards: only the sharded rules and the KN selection rerun (never the
+    training or the answers), the shards of a larger count are removed once a smaller count's run succeeds, and the
+    KN sets are equal for 1, 2 and 3 shards, the intervention rows too (gold_prob up to float rounding, as other batch
+    compositions round differently). Everything after them reads the KN sets, not the shards. (Same seed, same
+    results in two separate runs: the seed-0 world of tests/test_validate_worlds.py is compared with this run.)"""
+    other = copy_project(tiny_run, tmp_path / "proj")
+    by_shards = {2: _shard_dependent_outputs(other / "results")}
+    for shards in (3, 1):
+        edit_params(other, "attribution", "shards", shards)
+        edit_params(other, "interventions", "shards", shards)
+        rerun = snakemake(other, *_sharded_targets(shards))
+        log = rerun.stdout + rerun.stderr
+        ran = set(re.findall(r"^(?:local)?rule (\w+):", log, flags=re.M))
+        assert ran == {"attribute", "select_kns", "intervene"}, ran
+        by_shards[shards] = _shard_dependent_outputs(other / "results")
+    # the shards 0001-0002 of the 3-shard run are removed once the 1-shard run succeeds (not left for DVC to version)
+    assert "results/attribution/world/shard-0002.layers.parquet (a shard of an earlier run" in rerun.stderr
     assert "results/interventions/world/shard-0001.parquet (a shard of an earlier run" in rerun.stderr
-    by_shards[1] = _shard_dependent_outputs(b)
     reference = by_shards[2]
     for shards, outputs in by_shards.items():
         assert outputs["attribution_shards"] == outputs["intervention_shards"] == shards
         kns = outputs["kns"]
         assert kns.drop("attribution").equals(reference["kns"].drop("attribution")), shards
         assert (kns["attribution"] - reference["kns"]["attribution"]).abs().max() < 1e-5, shards
-        assert outputs["recall"].equals(reference["recall"]), shards
-        assert outputs["recall.json"] == reference["recall.json"], shards
         rows = outputs["interventions"]
         assert rows.drop("gold_prob").equals(reference["interventions"].drop("gold_prob")), shards
         assert (rows["gold_prob"] - reference["interventions"]["gold_prob"]).abs().max() < 1e-5, shards
@@ -388,14 +388,10 @@ def test_runtime_knobs_rerun_nothing(tiny_run):
         ("world", "shortcut_fraction", 0.25, ALL_RULES),
     ],
 )
-def test_science_params_rerun_exactly_their_dependents(tiny_run, block, key, value, expected):
-    original = (tiny_run / "params.yaml").read_text()
-    try:
-        edit_params(tiny_run, block, key, value)
-        assert set(scheduled_jobs(snakemake(tiny_run, "-n").stdout)) == expected
-    finally:
-        (tiny_run / "params.yaml").write_text(original)
-    assert scheduled_jobs(snakemake(tiny_run, "-n").stdout) == {}
+def test_science_params_rerun_exactly_their_dependents(tiny_run, block, key, value, expected, tmp_path):
+    project = copy_project(tiny_run, tmp_path / "proj")
+    edit_params(project, block, key, value)
+    assert set(scheduled_jobs(snakemake(project, "-n").stdout)) == expected
 
 
 # one output of each rule whose params are checked below

@@ -50,6 +50,13 @@ def copy_workflow(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
+def copy_project(src: Path, dest: Path) -> Path:
+    """A copy of a finished project (its results and Snakemake's records included, its lock not), file times kept, so
+    that Snakemake finds the copy exactly as up to date as the original."""
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "__pycache__"))
+    return dest
+
+
 def edit_params(project: Path, block: str, key: str, value) -> None:
     path = project / "params.yaml"
     data = yaml.safe_load(path.read_text())

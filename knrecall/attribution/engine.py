@@ -168,6 +168,16 @@ def row_plan(rows, alphas, acts: torch.Tensor, device):
     return plan, leaves, zero_rows
 
 
+def layer_blocks(n_layers: int, rows_per_layer: int, max_rows: int) -> list[range]:
+    """The batched engines' passes: runs of consecutive layers whose IG rows share forwards that start at the run's
+    lowest layer (the layers below it are skipped: a row scaled at layer l computes below l what the baseline
+    computed). One layer per pass skips the most arithmetic, but each pass costs a forward and a backward of its
+    own, which small batches of a small model do not repay: a pass takes as few layers as give it a quarter of
+    `max_rows` rows (one layer each when `rows_per_layer` reaches that)."""
+    per_pass = max(1, -(-max(1, max_rows // 4) // max(1, rows_per_layer)))
+    return [range(first, min(first + per_pass, n_layers)) for first in range(0, n_layers, per_pass)]
+
+
 def _rows_pass(model, adapter, token, cache, prefix_len, acts, rows, alphas, weights, gold, target, device):
     """One chunk of (layer, step) rows; step None means α = 0 (no gradient). Returns IG partial sums and f(0).
 

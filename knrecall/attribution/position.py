@@ -18,9 +18,11 @@ At p = the last prompt position this is the engine's computation (tested), at mo
 
 `attribute_at_positions` does the same for many (prompt, answer, position) jobs: answer tokens with the same scaled
 position and context length share a forward (a batch dimension over them; no padding, no mask), which saves the
-per-call overhead: 1.1–1.3× for the world model on a CPU, where the rows' arithmetic dominates (a GPU, where
-per-call overhead weighs more, is not measured yet). `attribute_at_position` stays the one-job reference it is
-tested against.
+per-call overhead. It also runs the rows in passes of consecutive layers (`layer_blocks`), each forward starting at
+its pass's lowest layer: a row scaled at layer l computes in the layers below l exactly what the baseline forward
+computed, at every suffix position, so those layers are skipped and the pass's lowest layer receives the
+baseline's hidden states (with one layer per pass, of L layers a row runs (L + 1) / 2 on average, forward and
+backward, instead of L). `attribute_at_position` stays the one-job reference it is tested against.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ import copy
 
 import torch
 
-from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs, row_plan
+from knrecall.attribution.engine import LayerwiseIG, _Accumulator, check_inputs, layer_blocks, row_plan
 from knrecall.attribution.quadrature import quadrature
 from knrecall.attribution.target import target_values
 from knrecall.errors import KnrecallError
-from knrecall.models.adapters import FFNAdapter, hook_neurons
+from knrecall.models.adapters import FFNAdapter, hook_layer_inputs, hook_neurons, skip_layers_below
 
 
 def _baseline(model, adapter, context: list[int], position: int, gold: int, target: str, device):
@@ -49,17 +51,26 @@ def _baseline(model, adapter, context: list[int], position: int, gold: int, targ
     return torch.stack([captured[layer] for layer in range(len(captured))]), f_base
 
 
-def _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, repeats, golds, target, leaves):
+def _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, repeats, golds, target, leaves,
+                    start: int = 0, received: torch.Tensor | None = None):
     """The rows' forward and backward: `suffix` [rows, S] from the scaled position on (position ids position, ...),
     each row against its own copy of the cached prefix (each cached sequence repeated `repeats` times), `replace`
-    hooking the neurons. Returns (f at each row's last token [rows], the gradients of `leaves`)."""
+    hooking the neurons. With `received` [rows, S, hidden size], the forward starts at decoder layer `start`, which
+    receives those hidden states (the layers below are skipped). Returns (f at each row's last token [rows], the
+    gradients of `leaves`)."""
     positions = torch.arange(position, position + suffix.shape[1], device=suffix.device)[None].expand(len(suffix), -1)
     kwargs = {}
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(repeats)
         kwargs = {"cache": cache, "use_cache": True}
-    with torch.enable_grad(), hook_neurons(model, adapter, replace):
+
+    def inject(layer: int, hidden: torch.Tensor):
+        return received if layer == start and received is not None else None
+
+    with (torch.enable_grad(), hook_neurons(model, adapter, replace),
+          skip_layers_below(model, adapter, start if received is not None else 0),
+          hook_layer_inputs(model, adapter, inject)):
         out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
         f = target_values(out.logits[:, -1], golds, target)
         grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
@@ -155,12 +166,17 @@ def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, 
     golds = torch.tensor([unit[3] for unit in group], device=device)
     batch = len(contexts)
     captured: dict[int, torch.Tensor] = {}
+    received: dict[int, torch.Tensor] = {}  # the hidden states each layer receives from the position on
 
     def capture(layer: int, activations: torch.Tensor):
         captured[layer] = activations[:, position].detach().clone()
         return None
 
-    with torch.no_grad(), hook_neurons(model, adapter, capture):
+    def capture_input(layer: int, hidden: torch.Tensor):
+        received[layer] = hidden[:, position:].detach().clone()
+        return None
+
+    with torch.no_grad(), hook_neurons(model, adapter, capture), hook_layer_inputs(model, adapter, capture_input):
         out = model(input_ids=contexts, use_cache=False, logits_to_keep=1)
     f_base = target_values(out.logits[:, -1], golds, target)
     acts = torch.stack([captured[layer] for layer in range(len(captured))], dim=1)  # [B, layers, width]
@@ -172,8 +188,12 @@ def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, 
     ig_sum = torch.zeros((batch, n_layers, width), dtype=torch.float64)
     f_zero = torch.zeros((batch, n_layers), dtype=torch.float64)
     chunk = max(1, max_rows // batch)
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
+    # passes of consecutive layers, each forward starting at the pass's lowest layer: below it a row computes what
+    # the baseline did
+    blocks = layer_blocks(n_layers, batch * len(rows) // n_layers, max_rows)
+    by_block = [([row for row in rows if row[0] in block], block[0]) for block in blocks]
+    for part, start in ((block_rows[i : i + chunk], first) for block_rows, first in by_block
+                        for i in range(0, len(block_rows), chunk)):
         plan, leaves, zero_rows = row_plan(part, alphas, acts, device)
         n = len(part)
 
@@ -188,7 +208,8 @@ def _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows, 
 
         suffix = contexts[:, position:].repeat_interleave(n, dim=0)
         f, grads = _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, n,
-                                   golds.repeat_interleave(n), target, leaves)
+                                   golds.repeat_interleave(n), target, leaves, start,
+                                   received[start].repeat_interleave(n, dim=0))
         f = f.view(batch, n)
         for (layer, steps, _), grad in zip(leaves, grads):
             ig_sum[:, layer] += (weights[steps][None, :, None] * grad.detach().double().cpu()).sum(dim=1)
@@ -228,7 +249,7 @@ def attribute_at_positions(
     units = [(index, j, tuple(prompt_ids) + tuple(answer_ids[:j]), gold, position)
              for index, (prompt_ids, answer_ids, position) in enumerate(jobs) for j, gold in enumerate(answer_ids)]
     results = {}
-    for group in _shape_groups(units, max(1, max_rows // len(rows))):
+    for group in _shape_groups(units, max(1, max_rows // (steps + 1))):  # a forward: one layer's rows of its units
         attr, acts, f_base, f_zero = _group_pass(model, adapter, group, rows, alphas, weights, target, max_rows,
                                                  device)
         for b, unit in enumerate(group):

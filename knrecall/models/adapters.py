@@ -291,3 +291,64 @@ def hook_neurons(model: nn.Module, adapter: FFNAdapter | None, fn: NeuronHook) -
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def hook_layer_inputs(model: nn.Module, adapter: FFNAdapter | None, fn: NeuronHook) -> Iterator[None]:
+    """Within the block, `fn(layer_index, hidden_states)` sees (and may replace) the hidden states [batch, seq,
+    hidden size] each decoder layer receives; it returns None to keep them or a tensor of the same shape to use
+    instead. The hooks are always removed on leaving the block."""
+    adapter = adapter or adapter_for(model)
+
+    def make_hook(layer_index: int):
+        def layer_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
+            hidden = _hidden_states(args, kwargs)
+            if hidden is None:
+                raise KnrecallError(f"decoder layer {layer_index} was called without its hidden states")
+            replacement = fn(layer_index, hidden)
+            if replacement is None:
+                return None
+            if replacement.shape != hidden.shape:
+                raise KnrecallError(f"layer-input hook of layer {layer_index} returned shape "
+                                    f"{tuple(replacement.shape)}, expected {tuple(hidden.shape)}")
+            if args:
+                return (replacement, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replacement}
+
+        return layer_pre_hook
+
+    handles = []
+    try:
+        for index, layer in enumerate(adapter.decoder_layers(model)):
+            handles.append(layer.register_forward_pre_hook(make_hook(index), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pass_through(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return hidden_states
+
+
+@contextmanager
+def skip_layers_below(model: nn.Module, adapter: FFNAdapter | None, start: int) -> Iterator[None]:
+    """Within the block, the decoder layers below `start` return the hidden states they receive, computing nothing
+    (and adding nothing to a KV cache): pair it with `hook_layer_inputs` giving layer `start` the hidden states the
+    skipped layers would have made. That is what an IG row changed at layer `start` only can use: every layer below
+    computes for it exactly what the baseline forward computed. (Every supported family's decoder layer returns
+    its hidden states as one tensor, transformers 5; an instance-level `forward` of a layer, as accelerate sets for
+    offloading, is put back on leaving the block, also when it raises.)"""
+    adapter = adapter or adapter_for(model)
+    skipped = adapter.decoder_layers(model)[:start]
+    saved = [layer.__dict__.get("forward") for layer in skipped]
+    try:
+        for layer in skipped:
+            layer.forward = _pass_through
+        yield
+    finally:
+        for layer, previous in zip(skipped, saved):
+            if previous is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = previous
