@@ -1,9 +1,11 @@
 """Where the time of a workflow run went: per-rule wall times from Snakemake's own job records.
 
 Snakemake keeps one JSON record per output file in `.snakemake/metadata/` (the file name is the base64 of the
-output path), with the job's `rule`, `starttime` and `endtime` (Unix seconds). A job with several outputs has one
-record per output, all with the same end time (their start times differ by microseconds), so a job is one distinct
-(rule, job_hash, endtime), starting at the earliest of its records' start times. The records are the
+output path), with the job's `rule`, `job_hash`, `starttime` and `endtime` (Unix seconds). A job with several outputs
+has one record per output, whose times differ by microseconds to milliseconds (the report's 15 outputs end up to
+4 ms apart), so a job is one run of records with the same (rule, job_hash) whose time spans overlap, from the
+earliest start to the latest end; a record of the same job from an earlier run, whose span does not overlap, is a
+job of its own. The records are the
 latest run of every output, so after a run that reran only some rules the table mixes that run's jobs with the
 earlier jobs whose outputs are still current, which is what the results on disk cost.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 def job_records(metadata_dir: str | Path, under: str = "results/") -> list[dict[str, Any]]:
     """One {rule, start, end, seconds} per distinct job that wrote an output under `under`."""
-    jobs: dict[tuple, dict[str, Any]] = {}
+    spans: dict[tuple, list[tuple[float, float]]] = {}
     directory = Path(metadata_dir)
     for path in sorted(directory.iterdir()) if directory.is_dir() else []:
         try:
@@ -29,11 +31,18 @@ def job_records(metadata_dir: str | Path, under: str = "results/") -> list[dict[
             continue  # not a job record (Snakemake keeps other small files there too)
         if not output.startswith(under) or record.get("starttime") is None or record.get("endtime") is None:
             continue
-        key = (record.get("rule"), record.get("job_hash"), record["endtime"])
-        start = min(record["starttime"], jobs[key]["start"]) if key in jobs else record["starttime"]
-        jobs[key] = {"rule": record.get("rule"), "start": start, "end": record["endtime"],
-                     "seconds": record["endtime"] - start}
-    return sorted(jobs.values(), key=lambda job: job["start"])
+        spans.setdefault((record.get("rule"), record.get("job_hash")), []).append(
+            (record["starttime"], record["endtime"]))
+    jobs: list[dict[str, Any]] = []
+    for (rule, _), times in spans.items():
+        merged: list[list[float]] = []
+        for start, end in sorted(times):
+            if merged and start <= merged[-1][1]:  # overlaps the job so far: another output of it
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        jobs += [{"rule": rule, "start": start, "end": end, "seconds": end - start} for start, end in merged]
+    return sorted(jobs, key=lambda job: job["start"])
 
 
 def timing_table(jobs: list[dict[str, Any]]) -> str:
