@@ -27,6 +27,7 @@ backward, instead of L). `attribute_at_position` stays the one-job reference it 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -64,13 +65,12 @@ def _suffix_forward(model, adapter, replace, suffix, position, prefix_cache, rep
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(repeats)
         kwargs = {"cache": cache, "use_cache": True}
-
-    def inject(layer: int, hidden: torch.Tensor):
-        return received if layer == start and received is not None else None
-
-    with (torch.enable_grad(), hook_neurons(model, adapter, replace),
-          skip_layers_below(model, adapter, start if received is not None else 0),
-          hook_layer_inputs(model, adapter, inject)):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(hook_neurons(model, adapter, replace))
+        if received is not None:  # the batched path; the one-job reference runs every layer
+            stack.enter_context(skip_layers_below(model, adapter, start))
+            stack.enter_context(hook_layer_inputs(model, adapter, lambda i, hidden: received if i == start else None))
         out = model(input_ids=suffix, position_ids=positions, logits_to_keep=1, **kwargs)
         f = target_values(out.logits[:, -1], golds, target)
         grads = torch.autograd.grad(f.sum(), [leaf for *_, leaf in leaves]) if leaves else []
