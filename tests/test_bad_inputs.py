@@ -191,7 +191,8 @@ IN_A_FRESH_PROCESS = ["malformed JSON", "answer that tokenizes to nothing", "mis
                       "KNs selected under another neuron definition"]
 
 
-@pytest.mark.parametrize("case, fresh", [(case, False) for case in CASES] + [(case, True) for case in IN_A_FRESH_PROCESS],
+@pytest.mark.parametrize("case, fresh",
+                         [(case, False) for case in CASES] + [(case, True) for case in IN_A_FRESH_PROCESS],
                          ids=[*CASES, *(f"{case} (fresh process)" for case in IN_A_FRESH_PROCESS)])
 def test_bad_input_gives_one_line_and_no_output(case, fresh, tmp_path):
     argv, output, expected = CASES[case](tmp_path)

@@ -131,7 +131,8 @@ def test_a_dataset_without_subjects_skips_the_variant_and_the_run_goes_on(tmp_pa
                                                      ("--scores-out", "s.parquet"), ("--null-scores-out", "n.parquet"),
                                                      ("--causal-out", "c.parquet"))}
     result = run_cli(["subject-site", "--items", str(tmp_path / "items.parquet"), "--predictions", "unused",
-                      "--steps", "unused", "--params", json.dumps(params), *[str(x) for kv in outs.items() for x in kv]])
+                      "--steps", "unused", "--params", json.dumps(params),
+                      *[str(x) for kv in outs.items() for x in kv]])
     assert result.returncode == 0, result.stderr
     summary = json.loads(outs["--out"].read_text())
     assert summary["items"] == 0 and "no item has a subject" in summary["not_run"]
