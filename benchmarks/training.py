@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                            world_params.heldout_bridge_fraction, world_params.shortcut_fraction,
                            DEFAULT_TEMPLATES["direct"], cot_fraction=world_params.cot_fraction,
                            context_fraction=world_params.context_fraction,
+                           context_min_per_relation=world_params.context_min_per_relation,
+                           few_shot_prompts=world_params.few_shot_prompts,
                            pathway_fraction=world_params.pathway_fraction, templates=DEFAULT_TEMPLATES)
     tokenizer = world_tokenizer(world["corpus"], world["items"], DEFAULT_TEMPLATES, [EXEMPLAR_TEMPLATE])
     new = WorldModelParams()

@@ -64,6 +64,18 @@ class WorldParams(Strict):
         "prompts with a truthful and a counterfactual passage for hop 1 and hop 2; answer: what the passage "
         "implies). 0 leaves the world exactly as without it.",
     )
+    context_min_per_relation: int = Field(
+        60, ge=0,
+        description="Floor per hop-2 relation on the context passages: a relation with fewer than this many "
+        "context items (from context_fraction) gets more of its train_subject items, and, when it has too few, "
+        "several counterfactual passages (distinct fake entities) per item and hop, so that a rare relation is "
+        "trained to follow a context on about this many passages. 0 leaves the world exactly as without it.",
+    )
+    few_shot_prompts: int = Field(
+        2, ge=1,
+        description="Few-shot CoT prompts per CoT item in the training text, each with another exemplar (drawn from "
+        "the train_subject items). 1 leaves the world exactly as without it.",
+    )
 
 
 class WorldModelParams(Strict):

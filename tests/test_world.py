@@ -239,6 +239,35 @@ def test_cot_examples():
         assert prompts[0] == render("zero_shot_cot", as_item(record)) and prompts[1].count("Q: ") == 2
 
 
+def test_several_few_shot_prompts_per_cot_item():
+    one, three = make(cot_fraction=0.5), make(cot_fraction=0.5, few_shot_prompts=3)
+    assert make(cot_fraction=0.5, few_shot_prompts=1) == one
+    questions = by_question(three)
+
+    def few_shot_exemplars(world):
+        found = defaultdict(list)
+        for ex in world["corpus"]:
+            if ex["kind"] == "cot_question" and ex["prompt"].count("Q: ") == 2:
+                record = owner(ex["prompt"], questions)
+                exemplar = owner(ex["prompt"].split("\n")[0] + " A:", questions)
+                assert exemplar["split"] == "train_subject" and exemplar["case_id"] != record["case_id"]
+                assert ex["prompt"] == render("few_shot_cot", as_item(record), exemplars=[as_item(exemplar)])
+                assert ex["answer"] == f"{exemplar_chain(as_item(record))} So the answer is {record['fact2_ans']}"
+                found[record["case_id"]].append(exemplar["case_id"])
+        return found
+
+    before, after = few_shot_exemplars(one), few_shot_exemplars(three)
+    assert set(after) == set(before)
+    for case_id, exemplars in after.items():
+        assert exemplars[0] == before[case_id][0]  # the first draw is the one-prompt world's
+        assert len(exemplars) == len(set(exemplars)) <= 3  # distinct exemplars (a repeated draw is dropped)
+    assert sum(len(e) for e in after.values()) > 2 * len(after)  # most items get all three
+    with pytest.raises(KnrecallError, match="few_shot_prompts"):
+        make(cot_fraction=0.5, few_shot_prompts=0)
+    with pytest.raises(KnrecallError, match="world.few_shot_prompts"):
+        parse_params({"world": {"few_shot_prompts": 0}})
+
+
 def test_onehop_cot_examples():
     world = make(cot_fraction=0.2)
     onehop = [ex for ex in world["corpus"] if ex["kind"] == "cot_onehop"]
@@ -306,6 +335,65 @@ def test_context_examples():
             truthful = (f" {o2}. Q:" in prompt) if prompt.count(record["fact2_query"][0]) else (f" {o1}. Q:" in prompt)
             assert (answer == o2) == truthful
     assert skipped < len(grouped)
+
+
+def context_passages(world):
+    """case_id -> hop -> [(passage entity, answer)] of the world's context examples."""
+    questions, records = by_question(world), {r["case_id"]: r for r in world["items"]}
+    passages = defaultdict(lambda: defaultdict(list))
+    for ex in world["corpus"]:
+        if ex["kind"] != "context_question":
+            continue
+        record = owner(ex["prompt"], questions)
+        for hop, query in ((2, record["fact2_query"][0]), (1, record["fact1_query"][0])):
+            head = f"Context: {query} "
+            if ex["prompt"].startswith(head):
+                entity = ex["prompt"][len(head):].split(". Q:")[0]
+                passages[record["case_id"]][hop].append((entity, ex["answer"]))
+                break
+        else:
+            raise AssertionError(f"no hop's passage in {ex['prompt']!r}")
+    return passages, records
+
+
+@pytest.mark.parametrize("floor", [6, 25])
+def test_context_floor_per_relation(floor):
+    seed, fraction = 3, 0.3
+    plain = make(seed, context_fraction=fraction)
+    floored = make(seed, context_fraction=fraction, context_min_per_relation=floor)
+    assert make(seed, context_fraction=fraction, context_min_per_relation=0) == plain
+    assert floored["items"] == plain["items"]
+    before, _ = context_passages(plain)
+    after, records = context_passages(floored)
+    assert set(before) <= set(after)  # the fraction's items are kept, the floor only adds
+    by_relation = candidates_by_relation([as_item(r) for r in floored["items"]])
+    train = Counter(r["two_hop_label"][1][1] for r in floored["items"] if r["split"] == "train_subject")
+    chosen, counterfactual = Counter(), Counter()
+    for case_id, hops in after.items():
+        record = records[case_id]
+        item, relation = as_item(record), record["two_hop_label"][1][1]
+        assert record["split"] == "train_subject"
+        chosen[relation] += 1
+        for hop in (1, 2):
+            truth = record["fact1_ans"] if hop == 1 else record["fact2_ans"]
+            fakes = [entity for entity, _ in hops[hop] if entity != truth]
+            assert hops[hop].count((truth, record["fact2_ans"])) == 1  # one truthful passage per hop
+            assert len(fakes) == len(set(fakes))  # distinct fake entities
+            assert set(fakes) <= set(candidate_pool(item, hop, by_relation))
+            if hop == 2:
+                counterfactual[relation] += len(fakes)
+                assert fakes[0] == conflict_prompt(item, 2, by_relation, -1 - seed)[1]  # the first: as before
+            for entity, answer in hops[hop]:
+                assert answer == (entity if hop == 2 else floored["facts"][relation][entity])
+    assert any(chosen[r] > len([c for c in before if records[c]["two_hop_label"][1][1] == r]) for r in train)
+    for relation, n_train in train.items():
+        assert chosen[relation] >= min(floor, n_train), relation
+        pool = len(by_relation[(relation, 2)])
+        assert counterfactual[relation] >= min(floor, chosen[relation] * (pool - 1)), relation
+    with pytest.raises(KnrecallError, match="context_min_per_relation"):
+        make(seed, context_fraction=fraction, context_min_per_relation=-1)
+    with pytest.raises(KnrecallError, match="world.context_min_per_relation"):
+        parse_params({"world": {"context_min_per_relation": -1}})
 
 
 def test_bad_fractions_are_refused():

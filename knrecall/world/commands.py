@@ -27,7 +27,9 @@ def cmd_world_generate(args: argparse.Namespace) -> None:
     size = WorldSize(world.people, world.cities, world.countries, world.companies, world.languages, world.currencies)
     generated = generate_world(args.seed, size, world.heldout_subject_fraction, world.heldout_bridge_fraction,
                                world.shortcut_fraction, templates["direct"], cot_fraction=world.cot_fraction,
-                               context_fraction=world.context_fraction, pathway_fraction=world.pathway_fraction,
+                               context_fraction=world.context_fraction,
+                               context_min_per_relation=world.context_min_per_relation,
+                               few_shot_prompts=world.few_shot_prompts, pathway_fraction=world.pathway_fraction,
                                templates=templates)
     out = Path(args.out_dir)
     write_json(generated["items"], out / "items.json")

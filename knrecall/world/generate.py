@@ -43,7 +43,9 @@ never from the world's own stream: items are the same whatever these fractions, 
 
 from __future__ import annotations
 
+import math
 import random
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +133,8 @@ def generate_world(
     *,
     cot_fraction: float = 0.0,
     context_fraction: float = 0.0,
+    context_min_per_relation: int = 0,
+    few_shot_prompts: int = 1,
     pathway_fraction: float = 0.0,
     templates: Mapping[str, str] = DEFAULT_TEMPLATES,
 ) -> dict[str, Any]:
@@ -139,6 +143,10 @@ def generate_world(
                         ("pathway_fraction", pathway_fraction)):
         if not 0.0 <= value <= 1.0:
             raise KnrecallError(f"world: {name} must be between 0 and 1, got {value!r}")
+    if few_shot_prompts < 1:
+        raise KnrecallError(f"world: few_shot_prompts must be 1 or more, got {few_shot_prompts!r}")
+    if context_min_per_relation < 0:
+        raise KnrecallError(f"world: context_min_per_relation must be 0 or more, got {context_min_per_relation!r}")
     rng = random.Random(seed)
     reserved = template_words(qa_template.split() + COMPANY_SUFFIXES)
     entities = invent_entities(rng, size, reserved)
@@ -210,7 +218,8 @@ def generate_world(
             )
     rng.shuffle(corpus)
     conflicting = plant_conflicting_shortcuts(seed, items, entities, pathway_fraction)
-    extra = reasoning_examples(seed, items, facts, cot_fraction, context_fraction, templates)
+    extra = reasoning_examples(seed, items, facts, cot_fraction, context_fraction, templates,
+                               context_min_per_relation=context_min_per_relation, few_shot_prompts=few_shot_prompts)
     if cot_fraction > 0:
         extra += onehop_cot_examples(seed, facts, templates)
     if extra:
@@ -308,6 +317,9 @@ def reasoning_examples(
     cot_fraction: float,
     context_fraction: float,
     templates: Mapping[str, str] = DEFAULT_TEMPLATES,
+    *,
+    context_min_per_relation: int = 0,
+    few_shot_prompts: int = 1,
 ) -> list[dict[str, str]]:
     """`cot_question` and `context_question` examples for shares of the train_subject items (see the module doc)."""
     if cot_fraction <= 0 and context_fraction <= 0:
@@ -318,20 +330,25 @@ def reasoning_examples(
 
     cot_rng = random.Random(f"{seed}:cot")
     cot_items = cot_rng.sample(train, round(len(train) * cot_fraction))
-    for item in cot_items:  # the zero-shot and the one-shot CoT prompt of every chosen item
+    for item in cot_items:  # the zero-shot and the one-shot CoT prompts of every chosen item
         examples.append({"prompt": render("zero_shot_cot", item, templates), "answer": cot_answer(item),
                          "kind": "cot_question"})
-        try:
-            exemplars = choose_exemplars(item, train, k=1, seed=seed)
-        except KnrecallError:  # no usable exemplar (tiny worlds): zero-shot only
-            continue
-        examples.append({"prompt": render("few_shot_cot", item, templates, exemplars=exemplars),
-                         "answer": cot_answer(item), "kind": "cot_question"})
+        used: set[str] = set()
+        for draw in range(few_shot_prompts):  # draw 0 with the seed as before, further ones with negative seeds
+            try:
+                exemplars = choose_exemplars(item, train, k=1, seed=seed if draw == 0 else -1000 * (seed + 1) - draw)
+            except KnrecallError:  # no usable exemplar (tiny worlds): zero-shot only
+                break
+            if exemplars[0].case_id in used:
+                continue
+            used.add(exemplars[0].case_id)
+            examples.append({"prompt": render("few_shot_cot", item, templates, exemplars=exemplars),
+                             "answer": cot_answer(item), "kind": "cot_question"})
 
-    context_rng = random.Random(f"{seed}:context")
-    context_items = context_rng.sample(train, round(len(train) * context_fraction))
+    context_items, passages = context_plan(seed, train, context_fraction, context_min_per_relation)
     if context_items:
         by_relation = candidates_by_relation(items)
+    fakes_rng = random.Random(f"{seed}:context_fakes")
     for item in context_items:
         o1, o2 = item.fact1_ans, item.fact2_ans
 
@@ -340,23 +357,53 @@ def reasoning_examples(
             examples.append({"prompt": prompt, "answer": answer, "kind": "context_question"})
 
         add(2, o2, o2)
-        fake = _fake(item, 2, by_relation, seed)
-        if fake is not None:
+        for fake in _fakes(item, 2, by_relation, seed, passages[item.relation2], fakes_rng):
             add(2, fake, fake)
         add(1, o1, o2)
-        fake_bridge = _fake(item, 1, by_relation, seed)
-        if fake_bridge is not None and facts[item.relation2][fake_bridge] != o2:
-            add(1, fake_bridge, facts[item.relation2][fake_bridge])
+        for fake_bridge in _fakes(item, 1, by_relation, seed, passages[item.relation2], fakes_rng):
+            if facts[item.relation2][fake_bridge] != o2:
+                add(1, fake_bridge, facts[item.relation2][fake_bridge])
     return examples
 
 
-def _fake(item: Item, hop: int, by_relation: dict, seed: int) -> str | None:
-    """A training passage's fake entity, drawn with a seed the evaluation never uses (-1 - seed), so the conflict
-    prompts asked at evaluation are never the ones trained on."""
+def context_plan(seed: int, train: list[Item], fraction: float, min_per_relation: int
+                 ) -> tuple[list[Item], dict[str | None, int]]:
+    """The train items that get context passages, and per relation 2 how many counterfactual passages each gets.
+
+    `fraction` of the train items, drawn with "{seed}:context"; then, for every relation 2 with fewer than
+    `min_per_relation` of them, more of its train items (drawn with "{seed}:context_floor") up to that many or all;
+    a relation whose chosen items are still fewer gets ceil(min_per_relation / chosen) counterfactual passages per
+    item and hop, so every relation is trained to follow a context on at least about `min_per_relation` passages.
+    With `min_per_relation` 0 this is exactly the plan before the floor existed (one passage each)."""
+    chosen = random.Random(f"{seed}:context").sample(train, round(len(train) * fraction))
+    passages: dict[str | None, int] = defaultdict(lambda: 1)
+    if min_per_relation <= 0:
+        return chosen, passages
+    floor_rng = random.Random(f"{seed}:context_floor")
+    taken = {it.case_id for it in chosen}
+    for relation in sorted({it.relation2 for it in train}):
+        have = sum(it.relation2 == relation for it in chosen)
+        rest = [it for it in train if it.relation2 == relation and it.case_id not in taken]
+        added = floor_rng.sample(rest, min(max(min_per_relation - have, 0), len(rest)))
+        chosen += added
+        count = have + len(added)
+        passages[relation] = max(1, math.ceil(min_per_relation / count)) if count else 1
+    return chosen, passages
+
+
+def _fakes(item: Item, hop: int, by_relation: dict, seed: int, count: int, rng: random.Random) -> list[str]:
+    """A training passage's fake entities: the first drawn with a seed the evaluation never uses (-1 - seed), so the
+    conflict prompts asked at evaluation are never the ones trained on; `count` - 1 more, distinct, drawn by `rng`
+    from the rest of the pool (fewer when the pool runs out)."""
     try:
-        return conflict_entity(item, hop, candidate_pool(item, hop, by_relation), -1 - seed)
+        first = conflict_entity(item, hop, candidate_pool(item, hop, by_relation), -1 - seed)
     except KnrecallError:  # the pool holds only the true entity
-        return None
+        return []
+    if count <= 1:
+        return [first]
+    truth = item.fact1_ans if hop == 1 else item.fact2_ans
+    rest = [c for c in candidate_pool(item, hop, by_relation) if c not in (first, truth)]
+    return [first, *rng.sample(rest, min(count - 1, len(rest)))]
 
 
 def interleave(corpus: list[dict[str, str]], extra: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]]:
