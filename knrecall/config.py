@@ -69,7 +69,8 @@ class WorldParams(Strict):
         description="Floor per hop-2 relation on the context passages: a relation with fewer than this many "
         "context items (from context_fraction) gets more of its train_subject items, and, when it has too few, "
         "several counterfactual passages (distinct fake entities) per item and hop, so that a rare relation is "
-        "trained to follow a context on about this many passages. 0 leaves the world exactly as without it.",
+        "trained to follow a context on about this many passages (with context_fraction above 0). 0 leaves the "
+        "world exactly as without it.",
     )
     few_shot_prompts: int = Field(
         2, ge=1,
@@ -158,9 +159,10 @@ class KnsParams(Strict):
 
 class RecallParams(Strict):
     delta: Literal["ratio", "difference", "projection", "ratio_of_sums"] = Field(
-        "ratio", description="KN score variant of the reported recall decisions (TT/TF/FT/FF, MH/SC): mean a_i / b_i "
-        "(ratio, the paper's reading), mean a_i - b_i (difference), sum a_i b_i / sum b_i^2 (projection) or "
-        "sum a_i / sum b_i (ratio_of_sums). The scoreboard evaluates every variant.")
+        "projection", description="KN score variant of the reported recall decisions (TT/TF/FT/FF, MH/SC): mean "
+        "a_i / b_i (ratio, the paper's reading), mean a_i - b_i (difference), sum a_i b_i / sum b_i^2 (projection) or "
+        "sum a_i / sum b_i (ratio_of_sums). The scoreboard evaluates every variant; the default is its rule's choice "
+        "on the default world (README, 'Which measurement: the rule').")
     position: Literal["step", "last_prompt", "subject_last"] = Field(
         "step", description="Where in the two-hop sequence the reported KN score is read: the hop's reasoning step "
         "(the last prompt token without chain of thought), the last prompt token, or the subject's last token. The "

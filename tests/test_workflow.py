@@ -147,14 +147,14 @@ def test_tiny_run_writes_recall_metrics(tiny_run):
     shares = [entry[k] for k in ("TT", "TF", "FT", "FF")]
     assert abs(sum(shares) - 1) < 2e-4  # each share is rounded to 4 decimals
     assert "sc_shortcut_planted" in metrics["validation"]["direct"]
-    assert metrics["measurement"] == {"variant": "ratio", "position": "step"}
+    assert metrics["measurement"] == {"variant": "projection", "position": "step"}  # the default
     assert set(metrics["paper_reading"]["conditions"]) == set(conditions)
     # every score variant x position, per item, condition and hop, and the scoreboard over them
     scores = pl.read_parquet(results / "recall" / "world" / "scores.parquet")
     assert scores.height == recall.height * 4 * 3
     assert set(scores["variant"]) == {"ratio", "difference", "projection", "ratio_of_sums"}
     assert set(scores["position"]) == {"step", "last_prompt", "subject_last"}
-    reported = scores.filter((pl.col("variant") == "ratio") & (pl.col("position") == "step")).sort("case_id", "condition", "hop")
+    reported = scores.filter((pl.col("variant") == "projection") & (pl.col("position") == "step")).sort("case_id", "condition", "hop")
     assert reported["delta"].equals(recall.sort("case_id", "condition", "hop")["delta"])
     assert steps["subject_found"].all()  # every world question names its subject
     causal = pl.read_parquet(results / "interventions" / "world" / "causal.parquet")
@@ -163,7 +163,7 @@ def test_tiny_run_writes_recall_metrics(tiny_run):
     board = metrics["scoreboard"]
     assert len(board["rows"]) == len(conditions) * 2 * 4 * 3
     assert {"specificity_auc", "causal_spearman", "break_auc", "pathway_auc", "sc_difference"} <= set(board["rows"][0])
-    assert board["rule"]["configured"] == {"variant": "ratio", "position": "step"} and board["rule"]["text"]
+    assert board["rule"]["configured"] == {"variant": "projection", "position": "step"} and board["rule"]["text"]
     profile = pl.read_parquet(results / "recall" / "world" / "profile.parquet")
     assert profile.height > 0 and set(profile["kind"]) == {"item", "null"} and (profile["offset"] <= 0).all()
 

@@ -362,6 +362,7 @@ def test_context_floor_per_relation(floor):
     plain = make(seed, context_fraction=fraction)
     floored = make(seed, context_fraction=fraction, context_min_per_relation=floor)
     assert make(seed, context_fraction=fraction, context_min_per_relation=0) == plain
+    assert make(seed, context_fraction=0.0, context_min_per_relation=floor) == make(seed)  # no context, no floor
     assert floored["items"] == plain["items"]
     before, _ = context_passages(plain)
     after, records = context_passages(floored)

@@ -39,8 +39,8 @@ class HopRecall:
     activations: pl.DataFrame
 
 
-def recall_score(model, tokenizer, kns: FactKNs, prompt: str, *, mode: str = "ratio", threshold: float | None = None,
-                 position: int | None = None, batch_size: int = 16) -> HopRecall:
+def recall_score(model, tokenizer, kns: FactKNs, prompt: str, *, mode: str = "projection",
+                 threshold: float | None = None, position: int | None = None, batch_size: int = 16) -> HopRecall:
     """Δ of the hop whose KNs are `kns` (from `knrecall.select_kns`) on `prompt`, read at the last prompt token or at
     `position` (an index into the prompt's token ids, negative from the end); see the module docstring."""
     if not isinstance(kns, FactKNs):
