@@ -162,9 +162,9 @@ def context_plan(seed: int, train: list[Item], fraction: float, min_per_relation
 
 
 def _fakes(item: Item, hop: int, by_relation: dict, seed: int, count: int, rng: random.Random) -> list[str]:
-    """A training passage's fake entities: the first drawn with a seed the evaluation never uses (-1 - seed), so the
-    conflict prompts asked at evaluation are never the ones trained on; `count` - 1 more, distinct, drawn by `rng`
-    from the rest of the pool (fewer when the pool runs out)."""
+    """A training passage's fake entities: the first drawn with a seed the evaluation never uses (-1 - seed); `count`
+    - 1 more, distinct, drawn by `rng` from the rest of the pool (fewer when the pool runs out). The pools are small,
+    so a fake can still be the one the evaluation draws for the item (README, `corpus.jsonl`)."""
     try:
         first = conflict_entity(item, hop, candidate_pool(item, hop, by_relation), -1 - seed)
     except KnrecallError:  # the pool holds only the true entity
