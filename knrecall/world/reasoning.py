@@ -165,12 +165,13 @@ def _fakes(item: Item, hop: int, by_relation: dict, seed: int, count: int, rng: 
     """A training passage's fake entities: the first drawn with a seed the evaluation never uses (-1 - seed); `count`
     - 1 more, distinct, drawn by `rng` from the rest of the pool (fewer when the pool runs out). The pools are small,
     so a fake can still be the one the evaluation draws for the item (README, `corpus.jsonl`)."""
+    pool = candidate_pool(item, hop, by_relation)
     try:
-        first = conflict_entity(item, hop, candidate_pool(item, hop, by_relation), -1 - seed)
+        first = conflict_entity(item, hop, pool, -1 - seed)
     except KnrecallError:  # the pool holds only the true entity
         return []
     if count <= 1:
         return [first]
     truth = item.fact1_ans if hop == 1 else item.fact2_ans
-    rest = [c for c in candidate_pool(item, hop, by_relation) if c not in (first, truth)]
+    rest = [c for c in pool if c not in (first, truth)]
     return [first, *rng.sample(rest, min(count - 1, len(rest)))]
